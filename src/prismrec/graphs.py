@@ -1,0 +1,201 @@
+"""Graph pieces shared by every graph model: sparse adjacency, normalisation, propagation,
+modality kNN item graphs, degree-sensitive edge pruning, and an on-disk cache.
+
+Nothing here is model-specific; LightGCN, FREEDOM, MGCN, LATTICE, BM3, ... all call these.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.numpy import load_file, save_file
+
+log = logging.getLogger("prismrec")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse matrices
+# ---------------------------------------------------------------------------------------------
+def sym_normalize(m: sp.spmatrix, eps: float = 1e-7) -> sp.csr_matrix:
+    """``D^{-1/2} M D^{-1/2}`` with D the row sums of ``M`` (+eps, as MMRec)."""
+    m = sp.csr_matrix(m, dtype=np.float32)
+    d = np.asarray(m.sum(axis=1)).ravel() + eps
+    dinv = np.power(d, -0.5).astype(np.float32)
+    return sp.csr_matrix(sp.diags(dinv) @ m @ sp.diags(dinv), dtype=np.float32)
+
+
+def bipartite_adjacency(train: sp.spmatrix, normalize: bool = True) -> sp.csr_matrix:
+    """The ``(N+I) x (N+I)`` user-item graph ``[[0, R], [Rᵀ, 0]]``, symmetrically normalised."""
+    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
+    r.data[:] = 1.0
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    return sym_normalize(a) if normalize else a
+
+
+class _SpMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, at, x):
+        ctx.at = at
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, None, ctx.at @ g
+
+
+class SparseMatrix:
+    """A fixed sparse matrix for fast ``A @ X`` with autograd through ``X``.
+
+    Holds ``A`` and ``Aᵀ`` as torch CSR tensors: CSR products run on both cores, and the
+    backward pass uses the stored transpose instead of converting on every call (what
+    ``torch.sparse.mm`` would do).
+    """
+
+    def __init__(self, m: sp.spmatrix, symmetric: bool | None = None):
+        m = sp.csr_matrix(m, dtype=np.float32)
+        m.sort_indices()
+        self.shape = m.shape
+        self.scipy = m
+        self.a = _to_torch_csr(m)
+        if symmetric is None:
+            symmetric = m.shape[0] == m.shape[1] and abs(m - m.T).max() < 1e-6 if m.nnz else True
+        self.at = self.a if symmetric else _to_torch_csr(m.T.tocsr())
+
+    @property
+    def nnz(self) -> int:
+        return self.scipy.nnz
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return _SpMM.apply(self.a, self.at, x)
+        return self.a @ x
+
+    def to(self, device) -> "SparseMatrix":
+        self.a = self.a.to(device)
+        self.at = self.a if self.at is self.a else self.at.to(device)
+        return self
+
+
+def _to_torch_csr(m: sp.csr_matrix) -> torch.Tensor:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                                       torch.from_numpy(m.indices.astype(np.int64)),
+                                       torch.from_numpy(m.data.astype(np.float32)), m.shape)
+
+
+def propagate(adj: SparseMatrix, x: torch.Tensor, num_layers: int, mean: bool = True) -> torch.Tensor:
+    """LightGCN propagation: ``mean(X, ÂX, ..., Â^L X)`` (or just ``Â^L X`` with ``mean=False``)."""
+    out, h = x, x
+    for _ in range(num_layers):
+        h = adj @ h
+        out = out + h
+    return out / (num_layers + 1) if mean else h
+
+
+# ---------------------------------------------------------------------------------------------
+# modality kNN item graphs
+# ---------------------------------------------------------------------------------------------
+def knn_graph(features: np.ndarray | torch.Tensor, k: int, *, weighted: bool = True,
+              block_size: int = 2048) -> sp.csr_matrix:
+    """Top-``k`` cosine-similarity neighbours of every item (self included), unnormalised.
+
+    Built in row blocks so that memory is ``O(block_size · n_items)``, not ``O(n_items²)``.
+
+    Args:
+        features: ``[n_items, d]``.
+        k: neighbours per row.
+        weighted: keep similarity values (MGCN); ``False`` keeps 1s (FREEDOM, LATTICE).
+    """
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = x.shape[0]
+    k = min(k, n)
+    vals = np.empty((n, k), np.float32)
+    cols = np.empty((n, k), np.int64)
+    with torch.no_grad():
+        for s in range(0, n, block_size):
+            sim = x[s:s + block_size] @ x.T
+            v, c = torch.topk(sim, k, dim=1)
+            vals[s:s + len(v)], cols[s:s + len(v)] = v.numpy(), c.numpy()
+    data = vals.ravel() if weighted else np.ones(n * k, np.float32)
+    m = sp.csr_matrix((data, cols.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    m.sort_indices()
+    return m
+
+
+def modality_graph(features: np.ndarray, k: int, *, weighted: bool = True, cache: bool = True) -> sp.csr_matrix:
+    """Symmetrically normalised kNN graph of one modality, cached on disk by content hash."""
+    def build():
+        return sym_normalize(knn_graph(features, k, weighted=weighted))
+    if not cache:
+        return build()
+    return cached_csr("knn", [features, np.array([k, int(weighted)])], build)
+
+
+def degree_prune(train: sp.csr_matrix, keep_ratio: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """FREEDOM's degree-sensitive edge pruning: keep ``keep_ratio`` of the user-item edges, sampled
+    without replacement with probability ∝ ``1/sqrt(d_u d_i)``, and return the normalised
+    bipartite adjacency of what is kept.
+    """
+    coo = train.tocoo()
+    du = np.asarray(train.sum(axis=1)).ravel()
+    di = np.asarray(train.sum(axis=0)).ravel()
+    w = 1.0 / np.sqrt(du[coo.row] * di[coo.col])
+    n_keep = int(len(w) * keep_ratio)
+    # Gumbel top-k draws without replacement from the same distribution as MMRec's
+    # torch.multinomial(w, n_keep, replacement=False), in one vectorised pass
+    g = np.log(w) + rng.gumbel(size=len(w))
+    keep = np.argpartition(-g, n_keep - 1)[:n_keep] if n_keep < len(w) else np.arange(len(w))
+    kept = sp.csr_matrix((np.ones(len(keep), np.float32), (coo.row[keep], coo.col[keep])), shape=train.shape)
+    return bipartite_adjacency(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+def cache_root() -> Path | None:
+    """``$PRISMREC_CACHE`` or ``~/.cache/prismrec``; ``PRISMREC_CACHE=off`` disables caching."""
+    env = os.environ.get("PRISMREC_CACHE")
+    if env == "off":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "prismrec"
+
+
+def _hash(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:24]
+
+
+def cached_csr(kind: str, inputs, build) -> sp.csr_matrix:
+    """Return ``build()``, stored as safetensors under the cache root keyed by a hash of ``inputs``."""
+    root = cache_root()
+    if root is None:
+        return build()
+    path = root / f"{kind}-{_hash(inputs)}.safetensors"
+    if path.is_file():
+        try:
+            t = load_file(str(path))
+            return sp.csr_matrix((t["data"], t["indices"], t["indptr"]), shape=tuple(t["shape"]))
+        except Exception as e:  # a corrupt cache file is rebuilt, never trusted
+            log.warning("ignoring unreadable cache file %s (%s)", path, e)
+    m = build()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"data": m.data, "indices": m.indices.astype(np.int64), "indptr": m.indptr.astype(np.int64),
+                   "shape": np.array(m.shape, np.int64)}, str(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not write cache file %s (%s)", path, e)
+    return m

@@ -1,0 +1,145 @@
+"""The model contract and the registry.
+
+A model is one file under ``models/``: a ``torch.nn.Module`` subclass of :class:`Model` with a
+frozen dataclass ``Config`` (paper defaults), registered by name with :func:`register`.
+The trainer calls ``loss(batch)``; the evaluator calls ``score(users)`` inside ``scoring()``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from prismrec.data.dataset import Dataset
+from prismrec.data.sampler import Batch
+from prismrec.errors import DataError, UnknownNameError
+
+_REGISTRY: dict[str, type["Model"]] = {}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base class of model configs (an empty config is valid: Pop has no parameters)."""
+
+
+class Model(nn.Module):
+    """Base class of every recommender.
+
+    Subclasses set ``name``, ``description``, ``Config`` and implement ``setup``, ``loss`` and
+    either ``embeddings`` (dot-product models; ``score`` then comes for free) or ``score``.
+
+    Class attributes:
+        sampler: ``"pairwise"`` (user, pos, neg) batches or ``"users"`` batches of users.
+        uses_features: the model reads modality features (plug-ins such as BeFA apply to it).
+        min_modalities: how many modalities it needs at least.
+        train_defaults: training-config defaults that differ from MMRec's (e.g. learning rate).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = ModelConfig
+    sampler: ClassVar[str] = "pairwise"
+    uses_features: ClassVar[bool] = False
+    min_modalities: ClassVar[int] = 0
+    train_defaults: ClassVar[dict] = {}
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, dataset: Dataset, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        self.n_users, self.n_items = dataset.n_users, dataset.n_items
+        if len(dataset.features) < self.min_modalities:
+            raise DataError(f"model '{self.name}' needs at least {self.min_modalities} modality feature "
+                            f"file(s), dataset '{dataset.name}' has {dataset.modalities or 'none'}")
+        self.modalities = list(dataset.features) if self.uses_features else []
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.setup(dataset)
+
+    # -- contract -------------------------------------------------------------------------------
+    def setup(self, dataset: Dataset) -> None:
+        """Create parameters and fixed structures (graphs, feature buffers). Called once."""
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of one batch."""
+        raise NotImplementedError
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final ``(user [n_users, d], item [n_items, d])`` representations; score = dot product."""
+        raise NotImplementedError(f"model '{self.name}' is not a dot-product model")
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for ``users`` (internal indices) ``[len(users), n_items]``.
+
+        Must be called inside :meth:`scoring`, which computes the embeddings once.
+        """
+        if self._cache is None:
+            raise RuntimeError("call score() inside `with model.scoring():`")
+        u, i = self._cache
+        return u[users] @ i.T
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook before each training epoch (e.g. FREEDOM's edge pruning)."""
+
+    def lr_factor(self, epoch: int) -> float:
+        """Learning-rate multiplier at ``epoch`` (LambdaLR); constant by default."""
+        return 1.0
+
+    def configure_optimizer(self, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The optimiser; models with special parameter groups override this."""
+        return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def is_dot_product(self) -> bool:
+        return type(self).embeddings is not Model.embeddings
+
+    def prepare_scoring(self) -> None:
+        """Compute what ``score`` needs once (default: the final embeddings)."""
+        if self.is_dot_product:
+            self._cache = tuple(t.detach() for t in self.embeddings())
+
+    @contextlib.contextmanager
+    def scoring(self):
+        """Eval mode + no grad + cached embeddings, restored afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self.prepare_scoring()
+                yield self
+        finally:
+            self._cache = None
+            self.train(was_training)
+
+    def extra_repr(self) -> str:
+        return repr(self.config)
+
+
+def register(cls: type[Model]) -> type[Model]:
+    """Class decorator: make the model available by ``cls.name``."""
+    if not cls.name or cls.name != cls.name.lower():
+        raise ValueError(f"model name must be lower-case and non-empty, got {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_model_class(name: str) -> type[Model]:
+    """The registered model class called ``name``; an unknown name lists the known ones."""
+    from prismrec import models  # noqa: F401  (registers the built-in models)
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise UnknownNameError(f"unknown model '{name}'; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[key]
+
+
+def registered_models() -> dict[str, type[Model]]:
+    from prismrec import models  # noqa: F401
+    return dict(sorted(_REGISTRY.items()))
+
+
+def build_model(name: str, dataset: Dataset, config: ModelConfig | None = None) -> Model:
+    """Instantiate the model ``name`` on ``dataset``."""
+    return get_model_class(name)(dataset, config)

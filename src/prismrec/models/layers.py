@@ -1,0 +1,38 @@
+"""Losses and layers shared by models (written once, never copied into a model file)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def feature_tensor(features: np.ndarray) -> torch.Tensor:
+    """A float32 tensor copy of a (read-only) dataset feature array."""
+    return torch.from_numpy(np.array(features, dtype=np.float32))
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``-mean log(σ(pos - neg))``, with MMRec's 1e-10 guard inside the log."""
+    return -torch.log(1e-10 + torch.sigmoid(pos - neg)).mean()
+
+
+def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
+    """MMRec's ``EmbLoss``: sum of the (Frobenius) norms of the tensors divided by the batch size."""
+    return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[-1].shape[0]
+
+
+def l2_loss(*embeddings: torch.Tensor, denom: float) -> torch.Tensor:
+    """``½ Σ ‖e‖²`` over the tensors divided by ``denom`` (MGCN divides by the configured batch size)."""
+    return sum(e.pow(2).sum() for e in embeddings) / 2 / denom
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: row ``j`` of ``a`` should match row ``j`` of ``b``."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = a @ b.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+def dot(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product ``[B, d] x [B, d] -> [B]``."""
+    return (u * i).sum(dim=1)

@@ -1,0 +1,66 @@
+"""VBPR (He & McAuley, AAAI 2016), MMRec's version."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prismrec.config import tunable
+from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.layers import bpr_loss, dot, emb_loss, feature_tensor
+
+
+@dataclass(frozen=True)
+class VBPRConfig(ModelConfig):
+    embedding_dim: int = 64
+    reg_weight: float = tunable(1e-4, 1e-5, 2.0, log=True)  # MMRec grid {2.0, 1.0, 1e-1 .. 1e-5}
+
+
+@register
+class VBPR(Model):
+    """Matrix factorisation whose item vector also carries a linear projection of its content.
+
+    `VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback
+    <https://arxiv.org/abs/1510.01784>`_ (MMRec's variant: no bias terms, all modalities
+    concatenated and projected by one linear layer).
+
+    .. math::
+        e_i = [\\gamma_i \\,;\\, W [f_i^{(1)}; \\dots; f_i^{(M)}] + b], \\quad \\hat y_{ui} = e_u^\\top e_i
+
+    Only the rows of the batch's items are projected in training: the same gradients as
+    projecting the whole catalogue (MMRec) at a fraction of the cost.
+
+    Shapes:
+        e_u [n_users, 2d]; γ [n_items, d]; W [Σ d_m, d].
+    """
+
+    name = "vbpr"
+    description = "VBPR: MF + linear projection of the concatenated item features"
+    Config = VBPRConfig
+    uses_features = True
+    min_modalities = 1
+
+    def setup(self, dataset):
+        d = self.config.embedding_dim
+        feats = torch.cat([feature_tensor(dataset.features[m]) for m in self.modalities], dim=1)
+        self.register_buffer("features", feats, persistent=False)       # [n_items, Σ d_m]
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.proj = nn.Linear(feats.shape[1], d)
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``[len(items), 2d]`` item representations (all items when ``items`` is None)."""
+        if items is None:
+            return torch.cat([self.item_emb, self.proj(self.features)], dim=1)
+        return torch.cat([self.item_emb[items], self.proj(self.features[items])], dim=1)
+
+    def embeddings(self):
+        return self.user_emb, self.item_vectors()
+
+    def loss(self, batch):
+        b = len(batch.users)
+        uniq, inv = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
+        items = self.item_vectors(uniq)
+        u, p, n = self.user_emb[batch.users], items[inv[:b]], items[inv[b:]]
+        return bpr_loss(dot(u, p), dot(u, n)) + self.config.reg_weight * emb_loss(u, p, n)
