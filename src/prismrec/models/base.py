@@ -16,6 +16,7 @@ from torch import nn
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import Batch
 from prismrec.errors import DataError, UnknownNameError
+from prismrec.models.layers import feature_tensor
 
 _REGISTRY: dict[str, type["Model"]] = {}
 
@@ -55,6 +56,8 @@ class Model(nn.Module):
             raise DataError(f"model '{self.name}' needs at least {self.min_modalities} modality feature "
                             f"file(s), dataset '{dataset.name}' has {dataset.modalities or 'none'}")
         self.modalities = list(dataset.features) if self.uses_features else []
+        for m in self.modalities:  # non-persistent: bundles store features once, not in the weights
+            self.register_buffer(f"feat_{m}", feature_tensor(dataset.features[m]), persistent=False)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.setup(dataset)
 
@@ -79,6 +82,27 @@ class Model(nn.Module):
             raise RuntimeError("call score() inside `with model.scoring():`")
         u, i = self._cache
         return u[users] @ i.T
+
+    def features(self, modality: str, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Content features of ``modality`` for ``items`` (all items when None) ``[len, d_m]``.
+
+        Models read modality features only through this method, so that plug-ins (BeFA, ERL)
+        can refine them without knowing the model's attributes.
+        """
+        f = getattr(self, f"feat_{modality}")
+        return f if items is None else f[items]
+
+    def feature_dims(self) -> dict[str, int]:
+        """Modality name -> raw feature dimension."""
+        return {m: getattr(self, f"feat_{m}").shape[1] for m in self.modalities}
+
+    def behaviour_embedding(self, items: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The items' ID (behaviour) embeddings, when the model has them; used by BeFA."""
+        return None
+
+    def modality_contributions(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Optional attribution: modality -> contribution ``[len(users)]`` to score(user, item) pairs."""
+        return None
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook before each training epoch (e.g. FREEDOM's edge pruning)."""

@@ -8,7 +8,7 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, emb_loss, feature_tensor
+from prismrec.models.layers import bpr_loss, dot, emb_loss
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,18 @@ class VBPR(Model):
 
     def setup(self, dataset):
         d = self.config.embedding_dim
-        feats = torch.cat([feature_tensor(dataset.features[m]) for m in self.modalities], dim=1)
-        self.register_buffer("features", feats, persistent=False)       # [n_items, Σ d_m]
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.proj = nn.Linear(feats.shape[1], d)
+        self.proj = nn.Linear(sum(self.feature_dims().values()), d)
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[len(items), 2d]`` item representations (all items when ``items`` is None)."""
-        if items is None:
-            return torch.cat([self.item_emb, self.proj(self.features)], dim=1)
-        return torch.cat([self.item_emb[items], self.proj(self.features[items])], dim=1)
+        content = torch.cat([self.features(m, items) for m in self.modalities], dim=1)  # [B, Σ d_m]
+        ids = self.item_emb if items is None else self.item_emb[items]
+        return torch.cat([ids, self.proj(content)], dim=1)
+
+    def behaviour_embedding(self, items=None):
+        return self.item_emb if items is None else self.item_emb[items]
 
     def embeddings(self):
         return self.user_emb, self.item_vectors()

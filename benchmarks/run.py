@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Train one model on a dataset folder and write ``benchmarks/results/<dataset>/<name>.json``.
+
+    python benchmarks/run.py --data /tmp/baby-like --model lightgcn                 # to early stopping
+    python benchmarks/run.py --data /tmp/baby-like --model lightgcn --epochs 5      # -> lightgcn-5ep.json
+    python benchmarks/run.py --data /tmp/baby-like --model vbpr --plugin befa       # -> vbpr+befa.json
+
+Speed numbers are only comparable when nothing else runs on the machine; the file records the
+load average before and after the run (``load_avg``) so that a crowded measurement is visible.
+With ``--threads 1,2`` the 5-epoch run is repeated per thread count and the faster one kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from prismrec import Recommender, load_dataset  # noqa: E402
+from prismrec.bundle import write_json  # noqa: E402
+from prismrec.config import parse_overrides  # noqa: E402
+from prismrec.evaluation import evaluate_splits  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_full_eval(rec, ds, repeats: int = 3) -> float:
+    """Median seconds of one full-ranking evaluation of all valid+test users (K up to 50)."""
+    model = rec.model
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with model.scoring():
+            evaluate_splits(model.score, ds.train, {"valid": ds.valid, "test": ds.test},
+                            block_size=rec.train_config.eval_batch_size)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def run_once(args, ds, threads: int | None):
+    if threads:
+        torch.set_num_threads(threads)
+    values = parse_overrides(args.set)
+    if args.epochs:
+        values["epochs"] = args.epochs
+    rec = Recommender(args.model, plugins=args.plugin, checkpoint=False, **values)
+    load0 = os.getloadavg()[0]
+    rec.fit(ds, show_progress=False)
+    return rec, load0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="dataset folder (e.g. /tmp/baby-like)")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--plugin", action="append", default=[])
+    ap.add_argument("--epochs", type=int, default=0, help="fixed epoch count (writes <name>-<N>ep.json)")
+    ap.add_argument("--set", action="append", default=[], help="config override key=value")
+    ap.add_argument("--threads", default="", help="comma-separated torch thread counts to try, e.g. 1,2")
+    ap.add_argument("--name", default="", help="result file name (default from model, plug-ins, epochs)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    ds = load_dataset(args.data)
+    thread_opts = [int(t) for t in args.threads.split(",") if t] or [None]
+    runs = []
+    for th in thread_opts:
+        rec, load0 = run_once(args, ds, th)
+        eval_s = time_full_eval(rec, ds)
+        runs.append((rec.metrics["sec_per_epoch"], th, rec, load0, eval_s))
+    runs.sort(key=lambda r: r[0])
+    sec, threads, rec, load0, eval_s = runs[0]
+    m = rec.metrics
+    name = args.name or (args.model + "".join("+" + p for p in args.plugin) + (f"-{args.epochs}ep" if args.epochs else ""))
+    n_params = sum(p.numel() for p in rec.model.parameters())
+    out = {
+        "model": args.model, "plugins": args.plugin, "dataset": ds.name,
+        "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "config": {k: v for k, v in rec.config.items()},
+        "epochs": m["epochs"], "best_epoch": m["best_epoch"], "stopped_early": m["stopped_early"],
+        "sec_per_epoch": round(sec, 4), "threads": threads or torch.get_num_threads(),
+        "sec_per_epoch_by_threads": {str(r[1] or torch.get_num_threads()): round(r[0], 4) for r in runs},
+        "eval_seconds": round(eval_s, 4), "setup_seconds": round(m["setup_seconds"], 3),
+        "peak_rss_mb": round(m["peak_rss_mb"], 1), "parameters": n_params,
+        "valid": {k: round(v, 5) for k, v in m["valid"].items()},
+        "test": {k: round(v, 5) for k, v in m["test"].items()},
+        "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    dest = Path(args.out) / ds.name / f"{name}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_json(dest, out)
+    print(json.dumps({k: out[k] for k in ("model", "epochs", "best_epoch", "sec_per_epoch", "eval_seconds",
+                                          "peak_rss_mb")}), json.dumps(out["test"]))
+    print(f"wrote {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from prismrec.cli import app
+
+app(prog_name="prismrec")
