@@ -78,8 +78,11 @@ def check_features(feat: np.ndarray, n_items: int, file: Path, modality: str) ->
     return feat
 
 
-def dedupe(users: np.ndarray, items: np.ndarray, file: Path, *extra: np.ndarray):
-    """Drop repeated (user, item) pairs, keeping the first, with a warning naming the first repeat."""
+def dedupe(users: np.ndarray, items: np.ndarray, file: Path, *extra: np.ndarray, header_lines: int = 1):
+    """Drop repeated (user, item) pairs, keeping the first, with a warning naming the first repeat.
+
+    Arrays are in file order, so data row ``r`` is on line ``r + header_lines + 1``.
+    """
     key = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
     _, first = np.unique(key, return_index=True)
     if len(first) == len(key):
@@ -88,7 +91,7 @@ def dedupe(users: np.ndarray, items: np.ndarray, file: Path, *extra: np.ndarray)
     keep[first] = True
     r = int(np.flatnonzero(~keep)[0])
     log.warning("%s: %d duplicate (user, item) interactions dropped, keeping the first of each "
-                "(first repeat at data row %d: user %s, item %s)", file, int((~keep).sum()), r + 1,
+                "(first repeat on line %d: user %s, item %s)", file, int((~keep).sum()), r + header_lines + 1,
                 users[r], items[r])
     return (users[keep], items[keep], *(e[keep] for e in extra))
 

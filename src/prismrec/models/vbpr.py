@@ -45,13 +45,25 @@ class VBPR(Model):
         d = self.config.embedding_dim
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.proj = nn.Linear(sum(self.feature_dims().values()), d)
+        # one Linear over the concatenated features, stored per modality: W [f1; f2] = W1 f1 + W2 f2,
+        # which saves concatenating the batch's feature rows (the dominant copy); same init bound
+        dims = self.feature_dims()
+        bound = 1.0 / sum(dims.values()) ** 0.5
+        self.proj = nn.ParameterDict({m: nn.Parameter(torch.empty(d, k).uniform_(-bound, bound))
+                                      for m, k in dims.items()})
+        self.proj_bias = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[len(items), 2d]`` item representations (all items when ``items`` is None)."""
-        content = torch.cat([self.features(m, items) for m in self.modalities], dim=1)  # [B, Σ d_m]
+        content = self.proj_bias + sum(self.features(m, items) @ self.proj[m].T for m in self.modalities)  # [B, d]
         ids = self.item_emb if items is None else self.item_emb[items]
-        return torch.cat([ids, self.proj(content)], dim=1)
+        return torch.cat([ids, content], dim=1)
+
+    def embed_items(self, features):
+        """Unseen items: a zero ID part (an item never trained on) beside the projected content ``[n, 2d]``."""
+        content = self.proj_bias + sum(features[m].to(self.proj_bias.dtype) @ self.proj[m].T
+                                       for m in self.modalities)  # [n, d]
+        return torch.cat([content.new_zeros(len(content), self.config.embedding_dim), content], dim=1)
 
     def behaviour_embedding(self, items=None):
         return self.item_emb if items is None else self.item_emb[items]

@@ -1,0 +1,96 @@
+"""Metrics: hand-computed cases and a slow per-user reference on random data (issue 3)."""
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from prismrec.evaluation import evaluate_splits, metrics_from_hits, topk_items
+
+
+def test_hand_computed_case():
+    # user 0: relevant {a, b}; ranked hits at ranks 1 and 3 (of 3). user 1: 1 relevant item, no hit.
+    hit = np.array([[1, 0, 1], [0, 0, 0]], dtype=bool)
+    m = metrics_from_hits(hit, np.array([2, 1]), ks=(1, 3))
+    assert m["recall@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@3"] == pytest.approx((2 / 2 + 0) / 2)
+    assert m["precision@3"] == pytest.approx((2 / 3) / 2)
+    dcg = 1 + 1 / math.log2(4)
+    idcg = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"] == pytest.approx(dcg / idcg / 2)
+    assert m["map@3"] == pytest.approx(((1 + 2 / 3) / 2) / 2)
+    assert m["hit@1"] == pytest.approx(0.5) and m["hit@3"] == pytest.approx(0.5)
+
+
+def test_recall_divides_by_all_relevant_items():
+    hit = np.ones((1, 2), dtype=bool)
+    assert metrics_from_hits(hit, np.array([5]), ks=(2,))["recall@2"] == pytest.approx(2 / 5)
+
+
+def _reference(scores, train, truth, ks):
+    """Slow per-user loop: mask train items, sort, compute each metric from its definition."""
+    out = {f"{m}@{k}": [] for m in ("recall", "ndcg", "precision", "map", "hit") for k in ks}
+    for u in range(scores.shape[0]):
+        gt = set(truth[u].indices.tolist())
+        if not gt or train[u].nnz == 0:
+            continue
+        s = scores[u].copy()
+        s[train[u].indices] = -np.inf
+        order = np.argsort(-s, kind="stable")
+        for k in ks:
+            top = order[:k]
+            hits = [1.0 if i in gt else 0.0 for i in top]
+            out[f"recall@{k}"].append(sum(hits) / len(gt))
+            out[f"precision@{k}"].append(sum(hits) / k)
+            out[f"hit@{k}"].append(float(sum(hits) > 0))
+            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+            idcg = sum(1 / math.log2(r + 2) for r in range(min(len(gt), k)))
+            out[f"ndcg@{k}"].append(dcg / idcg)
+            ap, c = 0.0, 0
+            for r, h in enumerate(hits):
+                if h:
+                    c += 1
+                    ap += c / (r + 1)
+            out[f"map@{k}"].append(ap / min(len(gt), k))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("block", [7, 64, 1000])
+def test_vectorised_matches_brute_force(block):
+    rng = np.random.default_rng(0)
+    n_users, n_items = 90, 60
+    scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
+    dense = (rng.random((n_users, n_items)) < 0.15).astype(np.float32)
+    dense[5] = 0  # a user without training items is skipped (MMRec filters cold-start users)
+    train = sp.csr_matrix(dense)
+    truth = sp.csr_matrix(((rng.random((n_users, n_items)) < 0.1) & (train.toarray() == 0)).astype(np.float32))
+    ks = (1, 5, 10, 20)
+    fast = evaluate_splits(lambda u: torch.from_numpy(scores[u.numpy()]), train, {"test": truth}, ks=ks,
+                           block_size=block)["test"]
+    ref = _reference(scores, train, truth, ks)
+    for k, v in ref.items():
+        assert fast[k] == pytest.approx(v, abs=1e-9), k
+
+
+def test_valid_and_test_share_one_pass_and_extra_mask():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((30, 25)).astype(np.float32)
+    train = sp.csr_matrix((rng.random((30, 25)) < 0.2).astype(np.float32))
+    valid = sp.csr_matrix(((rng.random((30, 25)) < 0.1) & (train.toarray() == 0)).astype(np.float32))
+    test = sp.csr_matrix(((rng.random((30, 25)) < 0.1) & (train.toarray() == 0) & (valid.toarray() == 0)).astype(np.float32))
+    fn = lambda u: torch.from_numpy(scores[u.numpy()])  # noqa: E731
+    both = evaluate_splits(fn, train, {"valid": valid, "test": test}, ks=(5,))
+    alone = evaluate_splits(fn, train, {"test": test}, ks=(5,))
+    assert both["test"] == alone["test"]
+    masked = evaluate_splits(fn, train, {"test": test}, ks=(5,), extra_masks={"test": valid})
+    ref = _reference(scores, train + valid, test, (5,))
+    assert masked["test"]["recall@5"] == pytest.approx(ref["recall@5"])
+
+
+def test_topk_never_returns_masked_items():
+    scores = np.tile(np.arange(10, dtype=np.float32), (3, 1))
+    mask = sp.csr_matrix(np.eye(3, 10, k=7, dtype=np.float32))
+    top = topk_items(lambda u: torch.from_numpy(scores[u.numpy()]), np.arange(3), 3, mask)
+    for u in range(3):
+        assert 7 + u not in top[u]
