@@ -1,0 +1,151 @@
+"""FREEDOM (Zhou & Shen, MM 2023), as in MMRec."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prismrec.config import tunable
+from prismrec.graphs import SparseMatrix, bipartite_adjacency, degree_prune, modality_graph, propagate
+from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.layers import bpr_loss, dot
+
+IMAGE_NAMES = ("image", "visual")  # the modality that mm_image_weight applies to
+
+
+@dataclass(frozen=True)
+class FREEDOMConfig(ModelConfig):
+    embedding_dim: int = 64
+    feat_embed_dim: int = 64        # modality projection size (MMRec feat_embed_dim)
+    knn_k: int = 10
+    mm_image_weight: float = 0.1
+    modality_weights: tuple[float, ...] = ()  # explicit graph weights in dataset modality order; () = rule below
+    num_mm_layers: int = 1          # item-item propagation steps (MMRec n_mm_layers)
+    num_ui_layers: int = 2          # LightGCN layers (MMRec n_ui_layers)
+    dropout: float = tunable(0.8, 0.8, 0.9, choices=(0.8, 0.9))       # fraction of user-item edges pruned
+    reg_weight: float = tunable(1e-3, 1e-5, 1e-3, log=True, choices=(0.0, 1e-5, 1e-4, 1e-3))
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.mm_image_weight <= 1.0:
+            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
+        if self.knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+
+
+def modality_weights(modalities: list[str], mm_image_weight: float, explicit: tuple[float, ...] = ()) -> list[float]:
+    """Weights of the modality graphs in ``S = Σ_m w_m S_m``.
+
+    ``explicit`` (one per modality) wins. Otherwise the image modality (named ``image`` or
+    ``visual``) gets ``mm_image_weight`` and the others share ``1 - mm_image_weight`` equally —
+    MMRec's ``w S_v + (1 - w) S_t`` for image+text. A lone modality, or several without an
+    image one, get equal weights.
+    """
+    if explicit:
+        if len(explicit) != len(modalities):
+            raise ValueError(f"modality_weights has {len(explicit)} values for {len(modalities)} "
+                             f"modalities {modalities}")
+        return list(explicit)
+    image = [m for m in modalities if m in IMAGE_NAMES][:1]
+    if not image or len(modalities) == 1:
+        return [1.0 / len(modalities)] * len(modalities)
+    rest = (1.0 - mm_image_weight) / (len(modalities) - 1)
+    return [mm_image_weight if m in image else rest for m in modalities]
+
+
+@register
+class FREEDOM(Model):
+    """Frozen modality item-item graph + degree-sensitively pruned user-item graph.
+
+    `A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal Recommendation
+    <https://arxiv.org/abs/2211.06924>`_
+
+    .. math::
+        S = \\sum_m w_m \\, \\mathrm{norm}(\\mathrm{kNN}_k(f^{(m)})), \\quad
+        h = S^{L_m} E_I, \\quad
+        [e_U; \\bar e_I] = \\mathrm{LightGCN}(\\tilde A, [E_U; E_I]), \\quad e_i = \\bar e_i + h_i
+
+        \\mathcal L = \\mathrm{BPR}(e_u, e_{i^+}, e_{i^-})
+            + \\lambda \\sum_m \\mathrm{BPR}(e_u, W_m f^{(m)}_{i^+} + b_m, W_m f^{(m)}_{i^-} + b_m)
+
+    ``Ã`` is the user-item graph after degree-sensitive pruning (a fraction ``dropout`` of the
+    edges is dropped, each epoch, keeping edges with probability ∝ 1/sqrt(d_u d_i)); scoring
+    uses the full graph. ``S`` is binarised, normalised and frozen (built once from the raw
+    features). The modality BPR terms (weighted by ``reg_weight``) read only ``W_m (f_{i+} - f_{i-})``:
+    the bias cancels, so one projection of the difference gives MMRec's gradients without
+    projecting the whole catalogue every batch. As in the paper, the raw features are fixed
+    (MMRec also lets Adam update them, which only moves these ``reg_weight``-scaled terms).
+
+    Shapes:
+        E_U [n_users, d]; E_I [n_items, d]; S sparse [n_items, n_items]; W_m [d_m, d].
+    """
+
+    name = "freedom"
+    description = "FREEDOM: frozen kNN item graph + degree-pruned user-item LightGCN"
+    Config = FREEDOMConfig
+    uses_features = True
+    min_modalities = 1
+
+    def setup(self, dataset):
+        cfg = self.config
+        d = cfg.embedding_dim
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.proj = nn.ModuleDict({m: nn.Linear(dim, cfg.feat_embed_dim) for m, dim in self.feature_dims().items()})
+        self.train_matrix = sp.csr_matrix(dataset.train, dtype=np.float32)
+        self.full_adj = SparseMatrix(bipartite_adjacency(self.train_matrix), symmetric=True)
+        self.masked_adj: SparseMatrix | None = None
+        self.weights = modality_weights(self.modalities, cfg.mm_image_weight, cfg.modality_weights)
+        self.mm_graphs = {m: modality_graph(self.features(m).detach().numpy(), cfg.knn_k, weighted=False)
+                          for m in self.modalities}
+        self.mm_adj = SparseMatrix(sum(w * self.mm_graphs[m] for m, w in zip(self.modalities, self.weights)))
+
+    def on_epoch_start(self, epoch):
+        """Degree-sensitive pruning of the user-item graph, driven by torch's global RNG."""
+        if self.config.dropout <= 0.0:
+            self.masked_adj = self.full_adj
+            return
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        kept = degree_prune(self.train_matrix, 1.0 - self.config.dropout, np.random.default_rng(seed))
+        self.masked_adj = SparseMatrix(kept, symmetric=True)
+
+    def behaviour_embedding(self, items=None):
+        return self.item_emb if items is None else self.item_emb[items]
+
+    def embeddings(self):
+        if self.training and self.masked_adj is None:
+            self.on_epoch_start(0)
+        adj = self.masked_adj if self.training else self.full_adj
+        h = propagate(self.mm_adj, self.item_emb, self.config.num_mm_layers, mean=False)  # [n_items, d]
+        e = propagate(adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_ui_layers)
+        return e[: self.n_users], e[self.n_users:] + h
+
+    def loss(self, batch):
+        users, items = self.embeddings()
+        u = users[batch.users]                                                     # [B, d]
+        loss = bpr_loss(dot(u, items[batch.pos_items]), dot(u, items[batch.neg_items]))
+        if self.config.reg_weight == 0.0:
+            return loss
+        mm = 0.0
+        for m in self.modalities:
+            diff = self.features(m, batch.pos_items) - self.features(m, batch.neg_items)  # [B, d_m]
+            mm = mm + bpr_loss(dot(u, F.linear(diff, self.proj[m].weight)), torch.zeros((), dtype=u.dtype))
+        return loss + self.config.reg_weight * mm
+
+    def modality_contributions(self, users, items):
+        """Each modality's additive share ``e_u · (w_m S_m S^{L-1} E_I)_i`` of the item-item score part."""
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                u, _ = self.embeddings()
+                base = propagate(self.mm_adj, self.item_emb, self.config.num_mm_layers - 1, mean=False)
+                return {m: dot(u[users], (SparseMatrix(w * self.mm_graphs[m]) @ base)[items])
+                        for m, w in zip(self.modalities, self.weights)}
+        finally:
+            self.train(was)
