@@ -1,0 +1,57 @@
+"""``prismrec serve``: run the HTTP API over a trained bundle with uvicorn."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to the ``prismrec`` CLI."""
+
+    @app.command()
+    def serve(
+        bundle: Path = typer.Argument(..., help="run directory or bundle written by `prismrec train`"),
+        host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default)"),
+        port: int = typer.Option(8000, help="port"),
+        admin_token: Optional[str] = typer.Option(
+            None, "--admin-token", envvar="PRISMREC_ADMIN_TOKEN", show_envvar=True,
+            help="bearer token enabling POST /items and POST /reload (prefer the environment variable: "
+                 "command lines are visible to other users)"),
+        ann_threshold: int = typer.Option(50_000, help="catalogues with at least this many items use a faiss index"),
+        ann_kind: str = typer.Option("hnsw", help="faiss index kind: hnsw or ivf"),
+        ef_search: int = typer.Option(128, help="HNSW search beam (higher: better recall, slower)"),
+        threads: int = typer.Option(1, help="torch/faiss threads per request"),
+        log_level: str = typer.Option("warning", help="uvicorn log level"),
+    ):
+        """Serve recommendations over HTTP: /recommend, /similar, /items, /explain, /metrics, a web page at /."""
+        from prismrec.cli import _setup_logging, fail
+        from prismrec.errors import PrismrecError
+        _setup_logging(False)
+        try:
+            import pydantic
+            from prismrec.serve.settings import ServeSettings
+            settings = ServeSettings(bundle=bundle, host=host, port=port, admin_token=admin_token,
+                                     ann_threshold=ann_threshold, ann_kind=ann_kind, hnsw_ef_search=ef_search,
+                                     torch_threads=threads)
+        except pydantic.ValidationError as e:
+            fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+        run(settings, log_level=log_level, guard=(PrismrecError, FileNotFoundError), fail=fail)
+
+
+def run(settings, *, log_level: str = "warning", guard=(), fail=None) -> None:
+    """Load the bundle and run uvicorn until interrupted."""
+    import faiss
+    import torch
+    import uvicorn
+
+    from prismrec.serve.app import create_app
+    torch.set_num_threads(settings.torch_threads)
+    try:
+        app = create_app(settings)
+    except guard as e:
+        fail(str(e).strip("'\""))
+    faiss.omp_set_num_threads(settings.torch_threads)  # after the build, which uses every core
+    typer.echo(f"serving {settings.bundle} on http://{settings.host}:{settings.port} (docs at /docs)", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
