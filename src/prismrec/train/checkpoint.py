@@ -30,7 +30,7 @@ def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in rest["state"].items()}
     for key, t in tensors.items():
-        _, idx, k = key.split(".", 2)
+        idx, k = key.removeprefix("optim.").split(".", 1)  # keys come with or without the prefix
         state.setdefault(int(idx), {})[k] = t
     return {"state": state, "param_groups": rest["param_groups"]}
 

@@ -96,8 +96,12 @@ class Trainer:
             return res
         opt = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, model.lr_factor)
-        rows = self.dist.shard_rows(self.dataset.train, model.sampler) if self.dist else None
-        sampler = SAMPLERS[model.sampler](self.dataset.train, cfg.batch_size, self.rng, rows=rows)
+        rows, batch_size = None, cfg.batch_size
+        if self.dist:  # each rank: its own shard, its share of the global batch, its own sampling stream
+            rows = self.dist.shard_rows(self.dataset.train, model.sampler)
+            batch_size = self.dist.local_batch_size(cfg.batch_size)
+            self.rng = self.dist.sampler_rng(cfg.seed, self.rng)
+        sampler = SAMPLERS[model.sampler](self.dataset.train, batch_size, self.rng, rows=rows)
         start, bad = 0, 0
         best_value = -math.inf
         if resume:
@@ -127,7 +131,10 @@ class Trainer:
             sched.step()
             train_seconds = time.perf_counter() - t0
             mean_loss = total / max(n, 1)
-            if not math.isfinite(mean_loss):
+            diverged = not math.isfinite(mean_loss)
+            if self.dist:  # every rank must stop together
+                diverged = self.dist.any(diverged)
+            if diverged:
                 raise PrismrecError(f"training diverged at epoch {epoch}: loss is {mean_loss}; "
                                     "lower learning_rate or raise reg_weight")
             rec = self._evaluate_record(epoch, mean_loss, train_seconds)
@@ -149,8 +156,13 @@ class Trainer:
             stop = bad > cfg.patience
             if self.callback is not None and self.callback(epoch, rec) is False:
                 stop = True
-            if cfg.checkpoint and self.run_dir is not None and is_main:
-                self._save(epoch, opt, sched, bad, best_value, res)
+            if cfg.checkpoint and (self.run_dir is not None or self.dist):
+                # every rank's sampling state goes into rank 0's checkpoint (a collective: all ranks call it)
+                rank_rngs = self.dist.all_gather_object(self.rng.bit_generator.state) if self.dist else None
+                if is_main and self.run_dir is not None:
+                    self._save(epoch, opt, sched, bad, best_value, res, rank_rngs)
+                if self.dist:  # no rank may run ahead and read a checkpoint rank 0 is still writing
+                    self.dist.barrier()
             if stop:
                 res.stopped_early = True
                 break
@@ -183,7 +195,7 @@ class Trainer:
         with open(self.run_dir / LOG, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def _save(self, epoch, opt, sched, bad, best_value, res: FitResult) -> None:
+    def _save(self, epoch, opt, sched, bad, best_value, res: FitResult, rank_rngs=None) -> None:
         opt_tensors, opt_rest = flatten_optimizer(opt.state_dict())
         tensors = {**prefixed("model", self.model.state_dict()), **opt_tensors,
                    "torch_rng": torch.get_rng_state()}
@@ -194,6 +206,8 @@ class Trainer:
                  "python_rng": list(_jsonable(random.getstate())), "history": res.history,
                  "best_epoch": res.best_epoch, "best_valid": res.best_valid, "best_test": res.best_test,
                  "model_extra": self.model.extra_state() if hasattr(self.model, "extra_state") else None}
+        if rank_rngs is not None:
+            state["numpy_rng_ranks"] = rank_rngs
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.run_dir / CHECKPOINT, tensors, state)
 
@@ -208,6 +222,12 @@ class Trainer:
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(tensors["torch_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]
+        ranks = state.get("numpy_rng_ranks")
+        if self.dist and ranks:
+            if len(ranks) != self.dist.world_size:
+                raise PrismrecError(f"{path} was written by {len(ranks)} ranks; resume it with "
+                                    f"--nproc_per_node {len(ranks)}, not {self.dist.world_size}")
+            self.rng.bit_generator.state = ranks[self.dist.rank]
         random.setstate(_python_state(state["python_rng"]))
         best = strip_prefix("best", tensors)
         self.best_state = best or None
@@ -216,7 +236,7 @@ class Trainer:
         res.history = state["history"]
         res.best_epoch, res.best_valid, res.best_test = state["best_epoch"], state["best_valid"], state["best_test"]
         # the log file may hold epochs written after the checkpoint: rewrite it from the history
-        if self.run_dir is not None:
+        if self.run_dir is not None and (self.dist is None or self.dist.rank == 0):
             with open(self.run_dir / LOG, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in res.history)
         log.info("resumed from %s after epoch %d", path, state["epoch"])
