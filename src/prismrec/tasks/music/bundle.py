@@ -1,0 +1,152 @@
+"""Music bundles: a trained matcher as safetensors + JSON (never pickle).
+
+Layout::
+
+    config.json              task "music", model name, model + training config, modality dims,
+                             similarity, dataset, prismrec version
+    weights.safetensors      the model's state dict (best valid epoch)
+    embeddings.safetensors   "video" [n_videos, K], "track" [n_tracks, K], "video_track" int64 [n_videos]
+    videos.json, tracks.json external ids in internal order
+    metrics.json             valid/test metrics at the best epoch, timings
+    log.jsonl                per-epoch log (when trained with a run directory)
+
+Serving a known video needs only the embeddings; a new video is embedded by the model from its
+content features. Loading needs neither the dataset nor the training code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from prismrec import __version__
+from prismrec.bundle import write_json
+from prismrec.data.idmap import IdMap
+from prismrec.errors import BundleError
+from prismrec.tasks.music.data import MusicDataset
+from prismrec.tasks.music.metrics import similarity
+from prismrec.tasks.music.model import MatchModel, build
+from prismrec.tasks.music.train import MusicFit, tensors
+
+log = logging.getLogger("prismrec")
+FILES = ("config.json", "weights.safetensors", "embeddings.safetensors", "videos.json", "tracks.json")
+
+
+def _plain(cfg) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def save_music_bundle(path: str | Path, result: MusicFit, ds: MusicDataset, *, data_path: str | None = None) -> Path:
+    """Write the fitted model of ``result`` (trained on ``ds``) as a bundle in ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = result.model
+    stage = Path(tempfile.mkdtemp(prefix=".bundle.", dir=path))
+    try:
+        model.eval()
+        with torch.no_grad():
+            video_emb = model.embed_videos(tensors(ds.video_features))
+            track_emb = model.embed_tracks(tensors(ds.track_features))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()} or
+                  {"_none": torch.zeros(0)}, str(stage / "weights.safetensors"))
+        save_file({"video": video_emb.contiguous(), "track": track_emb.contiguous(),
+                   "video_track": torch.from_numpy(np.array(ds.video_track))}, str(stage / "embeddings.safetensors"))
+        write_json(stage / "config.json", {
+            "task": "music", "model": model.name, "model_config": _plain(model.config),
+            "train_config": _plain(result.train_config), "video_dims": model.video_dims,
+            "track_dims": model.track_dims, "n_tracks": ds.n_tracks, "n_videos": ds.n_videos,
+            "similarity": model.similarity, "dataset": ds.name, "data_path": data_path,
+            "prismrec_version": __version__})
+        write_json(stage / "videos.json", [str(v) for v in ds.video_ids.tolist()])
+        write_json(stage / "tracks.json", [str(t) for t in ds.track_ids.tolist()])
+        write_json(stage / "metrics.json", result.metrics())
+        for f in stage.iterdir():
+            os.replace(f, path / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return path
+
+
+class MusicBundle:
+    """A loaded music bundle: ranks tracks for known videos (by id) or new ones (by features).
+
+    Attributes:
+        config: the bundle's ``config.json``.
+        model: the matcher with its best weights, in eval mode.
+        videos, tracks: :class:`~prismrec.data.idmap.IdMap` of external ids.
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path}: not a bundle directory")
+        for f in path.iterdir():
+            if f.is_file() and f.suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"):
+                raise BundleError(f"{f}: refusing to load pickle-based files; bundles are safetensors + JSON only")
+        for name in FILES:
+            if not (path / name).is_file():
+                raise BundleError(f"{path}: missing {name}; a music bundle is written by `prismrec music train`")
+        try:
+            self.config = json.loads((path / "config.json").read_text())
+            videos = json.loads((path / "videos.json").read_text())
+            tracks = json.loads((path / "tracks.json").read_text())
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{path}: invalid JSON ({e})") from None
+        if self.config.get("task") != "music":
+            raise BundleError(f"{path}: not a music bundle (task {self.config.get('task')!r}); "
+                              "train one with `prismrec music train`")
+        if self.config.get("prismrec_version") != __version__:
+            log.warning("bundle %s was written by prismrec %s; this is %s", path,
+                        self.config.get("prismrec_version"), __version__)
+        c = self.config
+        self.path = path
+        self.model: MatchModel = build(c["model"], c["model_config"], c["video_dims"], c["track_dims"], c["n_tracks"])
+        weights = {k: v for k, v in load_file(str(path / "weights.safetensors")).items() if k != "_none"}
+        self.model.load_state_dict(weights)
+        self.model.eval()
+        emb = load_file(str(path / "embeddings.safetensors"))
+        self.video_emb, self.track_emb, self.video_track = emb["video"], emb["track"], emb["video_track"]
+        self.videos, self.tracks = IdMap(videos, "video"), IdMap(tracks, "track")
+        if len(self.tracks) != len(self.track_emb) or len(self.videos) != len(self.video_emb):
+            raise BundleError(f"{path}: id lists and embeddings disagree in length")
+        self.metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+
+    def _top(self, video_emb: torch.Tensor, k: int) -> tuple[list[list], list[list[float]]]:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores = similarity(video_emb, self.track_emb, self.config["similarity"])      # [N, T]
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        return ([self.tracks.external(row) for row in top.indices.numpy()],
+                [[float(s) for s in row] for row in top.values.numpy()])
+
+    def match(self, video, k: int = 10) -> tuple[list, list[float]]:
+        """Top-``k`` track ids and scores for a known video (external id); ``KeyError`` if unknown."""
+        i = self.videos.index(video)
+        ids, scores = self._top(self.video_emb[i:i + 1], k)
+        return ids[0], scores[0]
+
+    @torch.no_grad()
+    def match_features(self, features: dict[str, np.ndarray], k: int = 10) -> tuple[list[list], list[list[float]]]:
+        """Top-``k`` tracks for new videos given by content features (any non-empty subset of modalities).
+
+        Args:
+            features: modality -> ``[N, d_m]`` (or ``[d_m]`` for one video).
+        """
+        feats = {m: torch.as_tensor(np.atleast_2d(np.asarray(f, dtype=np.float32))) for m, f in features.items()}
+        return self._top(self.model.embed_videos(feats), k)
+
+    def used_track(self, video):
+        """The external id of the track a known video uses in the data the bundle was trained on."""
+        return self.tracks.external(int(self.video_track[self.videos.index(video)]))
+
+
+def load_music_bundle(path: str | Path) -> MusicBundle:
+    return MusicBundle(path)

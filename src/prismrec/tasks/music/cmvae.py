@@ -1,0 +1,179 @@
+"""CMVAE: cross-modal variational auto-encoder for micro-video background music matching."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from prismrec.config import tunable
+from prismrec.tasks.music.layers import (LOGVAR_RANGE, GaussianEncoder, gaussian_log_density, gaussian_nll,
+                                         kl_standard_normal, mlp, product_of_experts, reparameterize,
+                                         symmetric_info_nce)
+from prismrec.tasks.music.model import MatchBatch, MatchModel, register
+
+
+@dataclass(frozen=True)
+class CMVAEConfig:
+    latent_dim: int = tunable(64, 16, 256, log=True)      # spec §7 (repo: 20 on MNIST–SVHN)
+    hidden: tuple[int, ...] = (512, 256)                 # encoder widths; decoders mirror them (spec §3.2)
+    converter_dim: int = 128                             # repo feature_dim F
+    converter_dropout: float = 0.1                       # repo
+    input_dropout: float = tunable(0.2, 0.0, 0.5)        # spec §7
+    align: str = "converter"                             # "converter" (repo) | "shared" (abstract)
+    objective: str = "elbo"                              # "elbo" (spec §4.2) | "iwae_looser" (§4.1)
+    iw_samples: int = 20                                 # K_iw for iwae_looser (repo)
+    likelihood_scale: float = 0.75                       # fixed Gaussian decoder scale (repo)
+    beta: float = tunable(1.0, 0.01, 1.0, log=True)      # KL weight, reached after beta_warmup epochs
+    beta_warmup: int = 20                                # linear KL annealing 0 -> beta (epochs)
+    lambda_cross: float = tunable(1.0, 0.1, 10.0, log=True)
+    contrastive_weight: float = 0.0                      # optional in-batch InfoNCE on latent means (off)
+    temperature: float = 0.1
+    score: str = "latent"                                # "latent" | "cosine" | "likelihood" (spec §5)
+
+    def __post_init__(self):
+        for key, allowed in (("align", ("converter", "shared")), ("objective", ("elbo", "iwae_looser")),
+                             ("score", ("latent", "cosine", "likelihood"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.latent_dim < 1 or self.iw_samples < 1 or self.likelihood_scale <= 0 or self.temperature <= 0:
+            raise ValueError("latent_dim, iw_samples >= 1 and likelihood_scale, temperature > 0 required")
+
+
+class Converter(nn.Module):
+    """Maps a Gaussian of one side's latent space to the other's: separate MLPs for μ and log σ²."""
+
+    def __init__(self, k: int, width: int, dropout: float):
+        super().__init__()
+        self.mu = mlp([k, width, width, k], dropout)
+        self.logvar = mlp([k, width, width, k], dropout)
+
+    def forward(self, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu(mu), self.logvar(logvar).clamp(*LOGVAR_RANGE)
+
+
+@register
+class CMVAE(MatchModel):
+    """`Cross-modal Variational Auto-encoder for Content-based Micro-video Background Music
+    Recommendation <https://arxiv.org/abs/2107.07268>`_ (Yi et al., 2021); spec ``specs/cmvae.md``.
+
+    Each modality has a Gaussian encoder; the video latent ``z`` is the precision-weighted product of
+    the visual and text experts and the prior ``N(0, I)``, the music latent ``w`` the same over the
+    track's modalities. Converters map a latent Gaussian to the other side (``align="converter"``,
+    as in the reference code; ``"shared"`` uses one space). Default objective (``elbo``):
+
+    .. math::
+        \\mathcal{L} = \\sum_m -\\log p(x^m \\mid z) - \\log p(y \\mid w)
+        + \\lambda_c\\Big[-\\log p(y \\mid z_{v\\to a}) - \\sum_m \\log p(x^m \\mid w_{a\\to v})\\Big]
+        + \\beta_t\\big[\\mathrm{KL}(q(z\\mid x)\\,\\|\\,p) + \\mathrm{KL}(q(w\\mid y)\\,\\|\\,p)\\big]
+
+    with Gaussian decoders of fixed scale (squared errors) and ``β_t`` warmed up linearly.
+    ``iwae_looser`` is the reference code's multimodal IWAE bound (spec §4.1) with a standard-normal
+    prior. Videos are ranked by ``-‖μ_{z→a} − μ_w‖²`` (``score="latent"``), cosine, or the decoder
+    likelihood ``log p(y_j | μ_{z→a})`` (``"likelihood"``). Features are standardised per modality,
+    so decoders are linear (the repo's sigmoid fits pixel intensities, not feature vectors).
+
+    Shapes:
+        embed_videos: [N, d_m] for any non-empty subset of video modalities -> [N, K] (or
+        [N, Σ d_track] for ``likelihood``); embed_tracks: [T, d_n] -> same width.
+    """
+
+    name = "cmvae"
+    description = "cross-modal VAE: PoE of video experts, cross-generation video <-> music"
+    Config = CMVAEConfig
+
+    def __init__(self, config: CMVAEConfig, video_dims, track_dims, n_tracks):
+        super().__init__(config, video_dims, track_dims, n_tracks)
+        c, k = config, config.latent_dim
+        enc = lambda d: GaussianEncoder(d, c.hidden, k, c.input_dropout)  # noqa: E731
+        dec = lambda d: mlp([k, *reversed(c.hidden), d])                  # noqa: E731
+        self.video_enc = nn.ModuleDict({m: enc(d) for m, d in video_dims.items()})
+        self.track_enc = nn.ModuleDict({m: enc(d) for m, d in track_dims.items()})
+        self.video_dec = nn.ModuleDict({m: dec(d) for m, d in video_dims.items()})
+        self.track_dec = nn.ModuleDict({m: dec(d) for m, d in track_dims.items()})
+        if c.align == "converter":
+            self.v2a = Converter(k, c.converter_dim, c.converter_dropout)
+            self.a2v = Converter(k, c.converter_dim, c.converter_dropout)
+        self.beta_now = c.beta if c.beta_warmup <= 0 else 0.0
+
+    @property
+    def similarity(self) -> str:
+        return "cosine" if self.config.score == "cosine" else "neg_sqdist"
+
+    def on_epoch_start(self, epoch: int) -> None:
+        c = self.config
+        self.beta_now = c.beta * (1.0 if c.beta_warmup <= 0 else min(1.0, (epoch + 1) / c.beta_warmup))
+
+    # --- posteriors -------------------------------------------------------------------------------
+    def posterior(self, feats: dict[str, torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """PoE of the available experts of ``side`` and the prior (standardised features in)."""
+        enc = self.video_enc if side == "video" else self.track_enc
+        return product_of_experts([enc[m](x) for m, x in feats.items()], prior=True)
+
+    def to_music(self, mu, logvar):
+        return self.v2a(mu, logvar) if self.config.align == "converter" else (mu, logvar)
+
+    def to_video(self, mu, logvar):
+        return self.a2v(mu, logvar) if self.config.align == "converter" else (mu, logvar)
+
+    def nll(self, feats: dict[str, torch.Tensor], decoders: nn.ModuleDict, z: torch.Tensor) -> torch.Tensor:
+        """``-Σ_m log p(x^m | z)``: ``[..., B]``."""
+        return sum(gaussian_nll(x, decoders[m](z), self.config.likelihood_scale) for m, x in feats.items())
+
+    # --- objectives -------------------------------------------------------------------------------
+    def loss(self, batch: MatchBatch) -> torch.Tensor:
+        x, y = self.video_norm(batch.video_features), self.track_norm(batch.track_features)
+        qz, qw = self.posterior(x, "video"), self.posterior(y, "track")
+        if self.config.objective == "iwae_looser":
+            total = self.iwae_looser(x, y, qz, qw)
+        else:
+            total = self.elbo(x, y, qz, qw)
+        if self.config.contrastive_weight > 0:
+            same = batch.tracks[:, None] == batch.tracks[None, :]
+            total = total + self.config.contrastive_weight * symmetric_info_nce(
+                self.to_music(*qz)[0], qw[0], self.config.temperature, same)
+        return total
+
+    def elbo(self, x, y, qz, qw) -> torch.Tensor:
+        z, w = reparameterize(*qz), reparameterize(*qw)
+        rec = self.nll(x, self.video_dec, z) + self.nll(y, self.track_dec, w)                   # [B]
+        z_a, w_v = reparameterize(*self.to_music(*qz)), reparameterize(*self.to_video(*qw))
+        cross = self.nll(y, self.track_dec, z_a) + self.nll(x, self.video_dec, w_v)            # [B]
+        kl = kl_standard_normal(*qz) + kl_standard_normal(*qw)                                  # [B]
+        return (rec + self.config.lambda_cross * cross + self.beta_now * kl).mean()
+
+    def iwae_looser(self, x, y, qz, qw) -> torch.Tensor:
+        """Spec §4.1 for the two sides r ∈ {video, music}: ``-mean_r log-mean-exp_K log w_r``."""
+        s = self.config.iw_samples
+        dv, da = sum(t.shape[1] for t in x.values()), sum(t.shape[1] for t in y.values())
+        lam_v, lam_a = max(1.0, da / dv), max(1.0, dv / da)   # up-weight the smaller side (repo)
+        terms = []
+        for (q_own, q_other, own, other, dec_own, dec_other, conv, l_own, l_other) in (
+                (qz, qw, x, y, self.video_dec, self.track_dec, self.to_music, lam_v, lam_a),
+                (qw, qz, y, x, self.track_dec, self.video_dec, self.to_video, lam_a, lam_v)):
+            z = reparameterize(*q_own, s)                                          # [S, B, K]
+            z_c = reparameterize(*conv(*q_own), s)                                 # [S, B, K]
+            log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
+            log_lik = -l_own * self.nll(own, dec_own, z) - l_other * self.nll(other, dec_other, z_c)
+            log_q = torch.stack([gaussian_log_density(z, *q_own), gaussian_log_density(z_c, *q_other)])
+            log_w = log_prior + log_lik - (torch.logsumexp(log_q, 0) - math.log(2))   # [S, B]
+            terms.append(torch.logsumexp(log_w, 0) - math.log(s))                      # [B]
+        return -torch.stack(terms).mean()
+
+    # --- ranking ----------------------------------------------------------------------------------
+    def embed_videos(self, feats):
+        mu, logvar = self.to_music(*self.posterior(self.video_norm(self.check_modalities(feats, "video")), "video"))
+        if self.config.score != "likelihood":
+            return mu
+        scale = self.config.likelihood_scale
+        return torch.cat([self.track_dec[m](mu) / scale for m in self.track_dims], dim=1)
+
+    def embed_tracks(self, feats):
+        y = self.track_norm(self.check_modalities(feats, "track"))
+        if self.config.score != "likelihood":
+            return self.posterior(y, "track")[0]
+        missing = set(self.track_dims) - set(y)
+        if missing:
+            raise ValueError(f"score='likelihood' needs every track modality; missing {sorted(missing)}")
+        return torch.cat([y[m] / self.config.likelihood_scale for m in self.track_dims], dim=1)
