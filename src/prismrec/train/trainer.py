@@ -110,13 +110,26 @@ class Trainer:
                 res.stopped_early, res.epochs_run = True, len(res.history)
                 return res
         is_main = self.dist is None or self.dist.rank == 0
+        show = self.show_progress and is_main
+        epoch_bar = tqdm(total=cfg.epochs, initial=start, desc=model.name, unit="epoch", disable=not show)
+        try:
+            self._loop(epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main)
+        finally:
+            epoch_bar.close()
+        res.epochs_run = len(res.history)
+        res.best_valid = res.best_valid or {}
+        return res
+
+    def _loop(self, epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main):
+        cfg, model = self.config, self.model
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             model.train()
             model.on_epoch_start(epoch)
             total, n = 0.0, 0
+            # a batch bar only where an epoch is long enough to wait for
             bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch}", leave=False,
-                       disable=not (self.show_progress and is_main))
+                       disable=not show or len(sampler) < 100)
             for batch in bar:
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(batch)
@@ -148,8 +161,12 @@ class Trainer:
             else:
                 bad += 1
             rec["best_epoch"] = res.best_epoch
+            epoch_bar.update(1)
+            epoch_bar.set_postfix({"loss": f"{mean_loss:.4f}", cfg.valid_metric: f"{value:.4f}",
+                                   "best": f"{best_value:.4f}@{res.best_epoch}"})
             if is_main:
-                log.info("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.2fs train %.2fs eval", epoch,
+                (log.debug if show else log.info)(
+                    "epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.2fs train %.2fs eval", epoch,
                          mean_loss, cfg.valid_metric, value, best_value, res.best_epoch, train_seconds,
                          rec["eval_seconds"])
                 self._write_log(rec)
@@ -166,9 +183,6 @@ class Trainer:
             if stop:
                 res.stopped_early = True
                 break
-        res.epochs_run = len(res.history)
-        res.best_valid = res.best_valid or {}
-        return res
 
     # ---------------------------------------------------------------------------------------
     def _evaluate_record(self, epoch: int, loss: float, train_seconds: float) -> dict:
