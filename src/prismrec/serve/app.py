@@ -32,7 +32,7 @@ def create_app(settings: ServeSettings | None = None, *, holder: StateHolder | N
     """
     if holder is None:
         holder = load_holder(settings if settings is not None else ServeSettings())
-    app = FastAPI(title="prismrec", version=__version__,
+    app = FastAPI(title="prismrec", version=__version__, docs_url=None, redoc_url=None,
                   description=f"Recommendations from the bundle `{holder.current.bundle}` "
                               f"(model `{holder.current.rec.model_name}`).")
     app.state.holder = holder
@@ -41,6 +41,8 @@ def create_app(settings: ServeSettings | None = None, *, holder: StateHolder | N
     app.include_router(api)
     app.include_router(admin)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    _add_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -51,6 +53,23 @@ def create_app(settings: ServeSettings | None = None, *, holder: StateHolder | N
         app.add_exception_handler(exc, _handler(status))
     app.add_exception_handler(Exception, _internal)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from the ``swagger-ui-bundle-v2`` package's files: no CDN, so the docs
+    work on a machine without internet access."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
 
 def _handler(status: int):
