@@ -10,7 +10,7 @@ from torch import nn
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import emb_loss
+from prismrec.models.layers import chunked_rows, emb_loss
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ class BM3(Model):
         loss = _neg_cos(p_u, t_i) + _neg_cos(p_i, t_u)
         cl = 0.0
         for m in self.modalities:
-            z = self.proj[m](self.features(m, items))                      # [I_b, d]
+            z = chunked_rows(lambda s: self.proj[m](self.features(m, items[s])), len(items),
+                             self.proj[m].in_features)                   # [I_b, d]
             p_m, t_m = self.predictor(z)[i_inv], self._target(z)[i_inv]
             cl = cl + _neg_cos(p_m, t_i) + _neg_cos(p_m, t_m)
         return loss + cfg.reg_weight * emb_loss(h_u, h_i) + cfg.cl_weight * cl

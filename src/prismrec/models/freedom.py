@@ -12,7 +12,7 @@ from torch import nn
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, degree_prune, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot
+from prismrec.models.layers import bpr_loss, chunked_rows, dot
 
 IMAGE_NAMES = ("image", "visual")  # the modality that mm_image_weight applies to
 
@@ -133,9 +133,15 @@ class FREEDOM(Model):
             return loss
         mm = 0.0
         for m in self.modalities:
-            diff = self.features(m, batch.pos_items) - self.features(m, batch.neg_items)  # [B, d_m]
-            mm = mm + bpr_loss(dot(u, F.linear(diff, self.proj[m].weight)), torch.zeros((), dtype=u.dtype))
+            margin = dot(u, self._projected_difference(m, batch.pos_items, batch.neg_items))  # [B]
+            mm = mm + bpr_loss(margin, torch.zeros_like(margin))
         return loss + self.config.reg_weight * mm
+
+    def _projected_difference(self, m: str, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """``W_m (f_pos - f_neg)`` ``[B, d']``, in row chunks (see ``chunked_rows``)."""
+        w = self.proj[m].weight
+        return chunked_rows(lambda s: F.linear(self.features(m, pos[s]) - self.features(m, neg[s]), w),
+                            len(pos), w.shape[1])
 
     def modality_contributions(self, users, items):
         """Each modality's additive share ``e_u · (w_m S_m S^{L-1} E_I)_i`` of the item-item score part."""

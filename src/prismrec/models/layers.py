@@ -36,3 +36,16 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 def dot(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """Row-wise dot product ``[B, d] x [B, d] -> [B]``."""
     return (u * i).sum(dim=1)
+
+
+def chunked_rows(fn, n: int, row_floats: int, budget_floats: int = 1 << 21) -> torch.Tensor:
+    """``cat([fn(slice) for row slices of range(n)])`` with temporaries of at most ``budget_floats``.
+
+    For gathers of wide feature rows (a 2048-row batch of 4096-d image features is 32 MB):
+    blocks of a few MB are recycled by the allocator, while one block above glibc's 32 MB mmap
+    threshold is mapped and page-faulted afresh on every call, which costs more than the gather.
+    """
+    step = max(1, budget_floats // max(row_floats, 1))
+    if step >= n:
+        return fn(slice(0, n))
+    return torch.cat([fn(slice(s, min(s + step, n))) for s in range(0, n, step)])
