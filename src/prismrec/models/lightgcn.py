@@ -42,16 +42,25 @@ class LightGCN(Model):
 
     def setup(self, dataset):
         d = self.config.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        # one [users + items, d] table (no concatenation per batch); each block initialised like
+        # MMRec's separate user and item tables (Xavier bounds depend on the block's own shape)
+        table = torch.empty(self.n_users + self.n_items, d)
+        nn.init.xavier_uniform_(table[: self.n_users])
+        nn.init.xavier_uniform_(table[self.n_users:])
+        self.embedding = nn.Parameter(table)
         self.adj = SparseMatrix(bipartite_adjacency(dataset.train), symmetric=True)
 
     def embeddings(self):
-        e = propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
+        e = propagate(self.adj, self.embedding, self.config.num_layers)
         return e[: self.n_users], e[self.n_users:]
+
+    def behaviour_embedding(self, items=None):
+        e = self.embedding[self.n_users:]
+        return e if items is None else e[items]
 
     def loss(self, batch):
         users, items = self.embeddings()
         u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-        reg = emb_loss(self.user_emb[batch.users], self.item_emb[batch.pos_items], self.item_emb[batch.neg_items])
+        ego = self.embedding
+        reg = emb_loss(ego[batch.users], ego[self.n_users + batch.pos_items], ego[self.n_users + batch.neg_items])
         return bpr_loss(dot(u, p), dot(u, n)) + self.config.reg_weight * reg
