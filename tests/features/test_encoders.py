@@ -187,10 +187,18 @@ def test_audio_model_hook(tmp_path):
 
 def test_efficientnet_lite0_architecture_matches_the_wheel_layout():
     from prismrec.features.effnet import efficientnet_lite0
-    m = efficientnet_lite0()
+    torch.manual_seed(0)
+    m = efficientnet_lite0().eval()
     assert sum(p.numel() for p in m.parameters()) == 4_652_008  # EfficientNet-Lite0's 4.65 M
+    for bn in (mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):  # non-trivial statistics
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
-        assert m.eval().forward_features(torch.zeros(2, 3, 64, 80)).shape == (2, 1280)
+        ref = m.forward_features(x)
+        assert ref.shape == (2, 1280)
+        fused = m.fuse_bn().to(memory_format=torch.channels_last)  # what the encoder runs
+        np.testing.assert_allclose(fused.forward_features(x.contiguous(memory_format=torch.channels_last)),
+                                   ref, atol=1e-5)
 
 
 # ---- pretrained, where installed -------------------------------------------------------------------
