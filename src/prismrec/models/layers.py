@@ -11,6 +11,14 @@ def feature_tensor(features: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(features, dtype=np.float32))
 
 
+def resolve_precision(name: str, device: str = "cpu") -> torch.dtype:
+    """``"float32"``/``"bfloat16"``, or ``"auto"``: bfloat16 where the hardware multiplies it natively."""
+    if name == "auto":
+        native = device.startswith("cuda") or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """``-mean log(σ(pos - neg))``, with MMRec's 1e-10 guard inside the log."""
     return -torch.log(1e-10 + torch.sigmoid(pos - neg)).mean()

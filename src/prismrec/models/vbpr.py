@@ -8,13 +8,21 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, emb_loss
+from prismrec.models.layers import bpr_loss, dot, emb_loss, resolve_precision
 
 
 @dataclass(frozen=True)
 class VBPRConfig(ModelConfig):
     embedding_dim: int = 64
     reg_weight: float = tunable(1e-4, 1e-5, 2.0, log=True)  # MMRec grid {2.0, 1.0, 1e-1 .. 1e-5}
+    # precision of the content projection's inputs: "float32" is MMRec's arithmetic; "bfloat16" keeps
+    # a bf16 copy of the features and multiplies with fp32 accumulation (3x less time where the CPU
+    # has native bf16); "auto" picks bfloat16 only on such CPUs (AVX512-BF16/AMX) or CUDA
+    feature_precision: str = "float32"
+
+    def __post_init__(self):
+        if self.feature_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
 
 
 @register
@@ -52,10 +60,19 @@ class VBPR(Model):
         self.proj = nn.ParameterDict({m: nn.Parameter(torch.empty(d, k).uniform_(-bound, bound))
                                       for m, k in dims.items()})
         self.proj_bias = nn.Parameter(torch.empty(d).uniform_(-bound, bound))
+        self.low_precision = resolve_precision(self.config.feature_precision) == torch.bfloat16
+        if self.low_precision:
+            for m in self.modalities:
+                self.register_buffer(f"feat16_{m}", self.features(m).bfloat16(), persistent=False)
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[len(items), 2d]`` item representations (all items when ``items`` is None)."""
-        content = self.proj_bias + sum(self.features(m, items) @ self.proj[m].T for m in self.modalities)  # [B, d]
+        if self.low_precision and type(self).features is Model.features:  # no plug-in refines features
+            content = self.proj_bias + sum(
+                (_rows(getattr(self, f"feat16_{m}"), items) @ self.proj[m].T.bfloat16()).float()
+                for m in self.modalities)
+        else:
+            content = self.proj_bias + sum(self.features(m, items) @ self.proj[m].T for m in self.modalities)
         ids = self.item_emb if items is None else self.item_emb[items]
         return torch.cat([ids, content], dim=1)
 
@@ -77,3 +94,7 @@ class VBPR(Model):
         items = self.item_vectors(uniq)
         u, p, n = self.user_emb[batch.users], items[inv[:b]], items[inv[b:]]
         return bpr_loss(dot(u, p), dot(u, n)) + self.config.reg_weight * emb_loss(u, p, n)
+
+
+def _rows(t: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+    return t if items is None else t[items]
