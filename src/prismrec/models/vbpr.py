@@ -85,6 +85,14 @@ class VBPR(Model):
     def behaviour_embedding(self, items=None):
         return self.item_emb if items is None else self.item_emb[items]
 
+    def modality_contributions(self, users, items):
+        """Exact additive split of the score: modality ``m`` adds ``θ_u · W_m f_i^{(m)}``.
+
+        The rest of ``ŷ_ui`` (``γ_u·γ_i + θ_u·b``) is the ID part; the parts sum to the score.
+        """
+        theta = self.user_emb[users, self.config.embedding_dim:]                       # [n, d]
+        return {m: dot(theta, self.features(m, items) @ self.proj[m].T) for m in self.modalities}
+
     def embeddings(self):
         return self.user_emb, self.item_vectors()
 
