@@ -273,3 +273,21 @@ def test_settings_need_a_bundle(tmp_path, monkeypatch):
         ServeSettings(bundle=tmp_path / "missing")
     monkeypatch.setenv("PRISMREC_ADMIN_TOKEN", "from-env")
     assert ServeSettings(bundle=tmp_path).token() == "from-env"
+
+
+def test_vbpr_embed_items_is_the_content_path(vbpr_state, serve_data):
+    """VBPR's cold-start vector = zero ID part + the same projection its trained items use."""
+    import torch
+    model = vbpr_state.rec.model
+    d = model.config.embedding_dim
+    items = torch.arange(6)
+    with torch.no_grad():
+        cold = model.embed_items({m: torch.tensor(serve_data.features[m][:6]) for m in serve_data.features})
+        warm = model.item_vectors(items)
+    assert cold.shape == (6, 2 * d) and torch.all(cold[:, :d] == 0)
+    torch.testing.assert_close(cold[:, d:], warm[:, d:])
+
+
+def test_serve_command_registered():
+    out = CliRunner().invoke(cli_app, ["serve", "--help"])
+    assert out.exit_code == 0 and "--admin-token" in out.output and "127.0.0.1" in out.output

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
                  "command lines are visible to other users)"),
         ann_threshold: int = typer.Option(50_000, help="catalogues with at least this many items use a faiss index"),
         ann_kind: str = typer.Option("hnsw", help="faiss index kind: hnsw or ivf"),
-        ef_search: int = typer.Option(128, help="HNSW search beam (higher: better recall, slower)"),
+        ef_search: int = typer.Option(64, help="HNSW search beam (higher: better recall, slower)"),
         threads: int = typer.Option(1, help="torch/faiss threads per request"),
         log_level: str = typer.Option("warning", help="uvicorn log level"),
     ):

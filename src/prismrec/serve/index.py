@@ -49,7 +49,7 @@ class FaissSearcher:
     """
 
     def __init__(self, vectors: torch.Tensor, kind: str = "hnsw", *, hnsw_m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 128, nlist: int = 1024, nprobe: int = 64):
+                 ef_search: int = 64, nlist: int = 1024, nprobe: int = 64):
         import faiss
         x = np.ascontiguousarray(vectors.detach().cpu().numpy(), dtype=np.float32)
         n, d = x.shape

@@ -29,7 +29,7 @@ class ServeSettings(BaseSettings):
     ann_kind: Literal["hnsw", "ivf"] = "hnsw"
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_construction: int = Field(80, ge=8)
-    hnsw_ef_search: int = Field(128, ge=8)
+    hnsw_ef_search: int = Field(64, ge=8)
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(64, ge=1)
     # Each request scores one query; one torch thread per request avoids oversubscription

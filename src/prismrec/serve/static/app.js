@@ -54,6 +54,7 @@ function contributionBar(contrib) {
     const span = document.createElement("span");
     span.style.width = `${(100 * Math.abs(contrib[m])) / total}%`;
     span.style.background = COLORS[j % COLORS.length];
+    if (contrib[m] < 0) span.className = "negative";
     span.title = `${m}: ${contrib[m].toFixed(3)}`;
     bar.appendChild(span);
   });
@@ -113,7 +114,7 @@ async function init() {
   if (explainSupported) {
     const legend = $("legend");
     legend.hidden = false;
-    legend.append("per-modality contribution:");
+    legend.append("per-modality contribution (faded: lowers the score):");
     modalities.forEach((m, j) => {
       const i = document.createElement("i");
       i.style.background = COLORS[j % COLORS.length];
