@@ -166,3 +166,20 @@ def test_parquet_items_table(media_items, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "text_feat.npy"),
                                   np.load(run(media_items, tmp_path / "csv", modalities=["text"]).modalities["text"].file))
     assert res.modalities["text"].n_failed == 1
+
+
+@pytest.mark.slow
+def test_spawned_workers_with_a_torch_encoder(media_items, tmp_path):
+    """Torch encoders run in spawned workers (each re-imports prismrec: slow), writing to the parent's cache."""
+    import torch
+    from safetensors.torch import save_file
+    from prismrec.features.effnet import efficientnet_lite0
+    torch.manual_seed(0)
+    save_file(efficientnet_lite0().state_dict(), str(tmp_path / "w.safetensors"))
+    opts = {"image": {"arch": "efficientnet_lite0", "weights": tmp_path / "w.safetensors", "image_size": 64}}
+    kw = dict(modalities=["image"], encoders={"image": "torch-image"}, encoder_options=opts, batch_size=6)
+    one = run(media_items, tmp_path / "one", **kw)
+    two = run(media_items, tmp_path / "two", workers=2, **kw)
+    assert two.modalities["image"].n_encoded == one.modalities["image"].n_encoded == 22
+    np.testing.assert_allclose(np.load(tmp_path / "two" / "image_feat.npy"), np.load(tmp_path / "one" / "image_feat.npy"),
+                               rtol=1e-4, atol=1e-5)

@@ -129,6 +129,7 @@ class LogMelEncoder(Encoder):
     """
 
     name = "logmel"
+    fork_safe = True
     modality = "audio"
     description = "weight-free: log-mel + MFCC (+deltas) statistics, spectral descriptors (218-d)"
 

@@ -47,14 +47,15 @@ class FeatureCache:
 
     Args:
         root: the cache folder (shared by encoders; each gets a subfolder).
-        encoder: the encoder whose rows live here.
+        encoder: the encoder whose rows live here (``None``: ``root`` is that subfolder).
     """
 
-    def __init__(self, root: str | Path, encoder: Encoder):
-        self.dir = Path(root) / f"{encoder.name}-{encoder.fingerprint()}"
+    def __init__(self, root: str | Path, encoder: Encoder | None = None):
+        # without an encoder, ``root`` is the encoder's own folder (how worker processes open it)
+        self.dir = Path(root) if encoder is None else Path(root) / f"{encoder.name}-{encoder.fingerprint()}"
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "encoder.json"
-        if not meta.is_file():
+        if encoder is not None and not meta.is_file():
             _atomic_write_text(meta, json.dumps(encoder.identity(), indent=1, sort_keys=True))
 
     def parts(self) -> list[Path]:

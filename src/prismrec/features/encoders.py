@@ -30,8 +30,8 @@ _REGISTRY: dict[str, type["Encoder"]] = {}
 class Encoder:
     """Base class: ``prepare`` one item, ``encode`` a batch of prepared items.
 
-    Subclasses set ``name`` (registry key), ``modality`` and ``requires`` (importable modules the
-    encoder needs beyond the core package), take their options as keyword arguments and store them
+    Subclasses set ``name`` (registry key), ``modality``, ``requires`` (importable modules the
+    encoder needs beyond the core package) and ``fork_safe``, take their options as keyword arguments and store them
     in ``self.options`` (they key the cache and rebuild the encoder in worker processes).
     """
 
@@ -39,6 +39,9 @@ class Encoder:
     modality: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # True when encoding uses only numpy/scipy/PIL (no torch/OpenMP): worker processes may then be
+    # forked (instant) instead of spawned (each re-imports torch and prismrec: seconds per worker)
+    fork_safe: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         self.options = options

@@ -85,6 +85,7 @@ class ColorTextureEncoder(Encoder):
     """
 
     name = "colorstats"
+    fork_safe = True
     modality = "image"
     description = "weight-free: HSV histogram, colour moments, gradient and LBP texture histograms (233-d)"
     _dim = 128 + 18 + 12 + 8 + 8 + 59
@@ -151,7 +152,8 @@ class TorchImageEncoder(Encoder):
         weights: the weights file; required (random features would be meaningless).
         image_size: side of the centre crop fed to the network.
         resize: shorter side before cropping (224/256 is the usual ImageNet ratio).
-        mean, std: per-channel normalisation of [0, 1] pixels (ImageNet's by default).
+        mean, std: per-channel normalisation of [0, 1] pixels (default: ImageNet's; the Lite models'
+            own for ``efficientnet_lite0``).
     """
 
     name = "torch-image"
@@ -160,10 +162,15 @@ class TorchImageEncoder(Encoder):
     description = "any CNN/ViT: --image-arch NAME|module:factory --image-weights PATH (.safetensors/.pt)"
 
     def __init__(self, arch: str | Callable = "efficientnet_lite0", weights: str | Path | None = None,
-                 image_size: int = 224, resize: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 image_size: int = 224, resize: int | None = None, mean=None, std=None):
         if weights is None:
             raise PrismrecError(f"image encoder '{self.name}' needs a weights file (--image-weights PATH)")
         resize = resize or round(image_size * 256 / 224)
+        if mean is None or std is None:
+            from prismrec.features import effnet
+            lite = arch == "efficientnet_lite0"
+            mean = mean or (effnet.MEAN if lite else IMAGENET_MEAN)
+            std = std or (effnet.STD if lite else IMAGENET_STD)
         super().__init__(arch=arch, weights=str(weights), image_size=image_size, resize=resize,
                          mean=tuple(mean), std=tuple(std))
         self.arch, self.weights, self.image_size, self.resize = arch, Path(weights), image_size, resize

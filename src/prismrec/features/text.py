@@ -32,6 +32,7 @@ class HashingTextEncoder(Encoder):
     """
 
     name = "hashing"
+    fork_safe = True
     modality = "text"
     description = "weight-free: signed hashing of word 1-2-grams (log TF, L2-normalised)"
 
@@ -106,8 +107,8 @@ class SentenceTransformerEncoder(Encoder):
             raise PrismrecError(f"not a sentence-transformers model folder (no modules.json/config.json): {self.path}")
         self.batch_size, self.max_length = batch_size, max_length
         self._model = None
-        self._digest = file_digest(next(iter(sorted(self.path.glob("*.safetensors")) or
-                                             sorted(self.path.glob("*.bin")) or [self.path / "config.json"])))
+        weights = sorted(self.path.rglob("*.safetensors")) or sorted(self.path.rglob("*.bin"))
+        self._digest = [file_digest(f) for f in weights or [self.path / "modules.json"] if f.is_file()]
 
     def _load(self):
         if self._model is None:
