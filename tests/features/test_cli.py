@@ -44,6 +44,8 @@ def test_extract_command_errors(tmp_path):
     assert r.exit_code == 1 and "NOT WRITTEN" in r.output
     r = runner.invoke(app, ["extract", "--items", str(bad), "--out", str(tmp_path / "o"), "--image-encoder", "nope"])
     assert r.exit_code == 2 and "unknown encoder 'nope'" in r.output
+    r = runner.invoke(app, ["extract", "--items", str(bad), "--out", str(tmp_path / "o"), "--fill", "median"])
+    assert r.exit_code == 2 and "--fill must be mean or zeros" in r.output
 
 
 def test_image_weights_option(media_items, tmp_path, monkeypatch):

@@ -63,6 +63,10 @@ def register(app: typer.Typer) -> None:
         from prismrec.features.pipeline import extract as run_extract, extract_distributed
 
         _setup_logging(verbose)
+        if fill not in ("mean", "zeros"):
+            fail(f"--fill must be mean or zeros, got {fill!r}")
+        if workers < 1 or batch_size < 1:
+            fail(f"--workers and --batch-size must be >= 1, got {workers} and {batch_size}")
         encoders = {"text": text_encoder, "image": image_encoder, "audio": audio_encoder}
         options: dict[str, dict] = {}
         if text_model is not None:
