@@ -291,3 +291,22 @@ def test_vbpr_embed_items_is_the_content_path(vbpr_state, serve_data):
 def test_serve_command_registered():
     out = CliRunner().invoke(cli_app, ["serve", "--help"])
     assert out.exit_code == 0 and "--admin-token" in out.output and "127.0.0.1" in out.output
+
+
+@pytest.mark.slow
+def test_recommend_equals_cli_on_baby_like(make_client):
+    """Acceptance (issue 7): with a baby-like bundle, GET /recommend equals `prismrec recommend` (top 10).
+    Uses $PRISMREC_BABY_BUNDLE or /tmp/runs/vbpr-baby (`prismrec train --data /tmp/baby-like --model vbpr
+    --set epochs=5 --out /tmp/runs/vbpr-baby`)."""
+    import os
+    from pathlib import Path
+    bundle = Path(os.environ.get("PRISMREC_BABY_BUNDLE", "/tmp/runs/vbpr-baby"))
+    if not (bundle / "config.json").is_file():
+        pytest.skip(f"no baby-like bundle at {bundle}")
+    state = ServingState.load(ServeSettings(bundle=bundle))
+    users = [str(u) for u in state.user_map.ids[np.random.default_rng(0).choice(len(state.user_map), 25)]]
+    out = CliRunner().invoke(cli_app, ["recommend", str(bundle), "--json", *sum((["--user", u] for u in users), [])])
+    assert out.exit_code == 0, out.output
+    with make_client(state) as c:
+        for u, e in zip(users, json.loads(out.output)):
+            assert c.get("/recommend", params={"user": u}).json()["items"] == e["items"]
