@@ -140,7 +140,7 @@ class MusicBundle:
         Args:
             features: modality -> ``[N, d_m]`` (or ``[d_m]`` for one video).
         """
-        feats = {m: torch.as_tensor(np.atleast_2d(np.asarray(f, dtype=np.float32))) for m, f in features.items()}
+        feats = {m: torch.from_numpy(np.atleast_2d(np.array(f, dtype=np.float32))) for m, f in features.items()}
         return self._top(self.model.embed_videos(feats), k)
 
     def used_track(self, video):

@@ -118,6 +118,8 @@ def _match(run_dir, video, features, k, as_json):
         fail("give exactly one of --video ID or --features modality=path.npy")
     b = MusicBundle(run_dir)
     if video is not None:
+        if video not in b.videos:   # (KeyError text would lose its closing quote in run_guarded)
+            fail(f"unknown video '{video}'; the bundle knows {len(b.videos)} videos, e.g. {b.videos.external(0)}")
         ids, scores = b.match(video, k)
         rows = [{"video": video, "used_track": b.used_track(video), "tracks": ids, "scores": scores}]
     else:
