@@ -18,7 +18,8 @@ from prismrec.serve.state import ServingState, StateHolder
 
 def test_recommend_equals_cli(client, vbpr_bundle, vbpr_state):
     users = [str(u) for u in vbpr_state.user_map.ids[[0, 7, 123, 299]]]
-    out = CliRunner().invoke(cli_app, ["recommend", str(vbpr_bundle), "--json", *sum((["--user", u] for u in users), [])])
+    args = ["recommend", str(vbpr_bundle), "--json", *sum((["--user", u] for u in users), [])]
+    out = CliRunner().invoke(cli_app, args)
     assert out.exit_code == 0, out.output
     expected = json.loads(out.output)
     for u, e in zip(users, expected):
@@ -207,7 +208,8 @@ def test_new_item_reaches_users_whose_history_matches(vbpr_state, serve_data, ad
         for j, kind in ((hist[np.argmax(content[u, hist])], "match"), (np.argmin(content[u]), "far")):
             with make_client(vbpr_state) as c:
                 feats = {m: serve_data.features[m][j].tolist() for m in serve_data.features}
-                assert c.post("/items", json={"id": "fresh", "features": feats}, headers=admin_headers).status_code == 201
+                r = c.post("/items", json={"id": "fresh", "features": feats}, headers=admin_headers)
+                assert r.status_code == 201
                 hit = "fresh" in c.get("/recommend", params={"user": u}).json()["items"]
             matched += hit and kind == "match"
             unmatched += hit and kind == "far"
@@ -218,7 +220,8 @@ def test_items_unsupported_for_id_only_model(bpr_bundle, admin_headers, make_cli
     with make_client(ServingState.load(ServeSettings(bundle=bpr_bundle))) as c:
         r = c.post("/items", json={"id": "n", "features": {"image": [0.0] * 24, "text": [0.0] * 16}},
                    headers=admin_headers)
-        assert r.status_code == 422 and r.json()["detail"] == "model 'bpr' cannot embed unseen items from their features"
+        assert r.status_code == 422
+        assert r.json()["detail"] == "model 'bpr' cannot embed unseen items from their features"
         assert c.get("/health").json()["cold_start_items"] is False
         assert c.get("/recommend?user=1").status_code == 200
 

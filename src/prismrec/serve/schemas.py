@@ -41,7 +41,7 @@ class NewItem(BaseModel):
     """``POST /items``: a new item from its raw modality features (every modality, its dimension)."""
 
     model_config = ConfigDict(extra="forbid")
-    id: int | str = Field(..., description="external id; must not exist yet")
+    id: int | IdText = Field(..., description="external id; must not exist yet")
     features: dict[str, list[float]] = Field(..., description="modality -> feature vector")
 
 

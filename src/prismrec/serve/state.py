@@ -172,7 +172,7 @@ class ServingState:
 
     def similar(self, item, k: int) -> tuple[list, list[float]]:
         """Items most similar to ``item`` by cosine of the model's item vectors (itself left out)."""
-        index = self._require_index("item similarity")
+        self._require_index("item similarity")
         i = self.item_index(item)
         idx, scores = self.sim_index.topk(self.sim_index.vectors(np.array([i])), k, np.array([i]))
         return self.item_external(idx), scores.tolist()
