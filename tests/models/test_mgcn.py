@@ -125,3 +125,32 @@ def test_lr_factor_and_config_validation():
     assert model_cls.lr_factor(type("M", (), {"config": MGCNConfig()})(), 50) == pytest.approx(0.96)
     with pytest.raises(ValueError, match="knn_k"):
         MGCNConfig(knn_k=0)
+
+
+def test_bfloat16_products_stay_close_to_float32(tiny, monkeypatch):
+    import prismrec.models.mgcn as mgcn
+    monkeypatch.setattr(mgcn, "WIDE", 1)  # the tiny features are narrow; force the bf16 path
+    batch = _batches(tiny)[0]
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = MGCN(tiny, mgcn.MGCNConfig(feature_precision=precision))
+        assert all(model.bf16.values()) == (precision == "bfloat16")
+        loss = model.loss(batch)
+        loss.backward()
+        out[precision] = loss.item(), model.feat_image.grad.clone(), model.proj["image"].weight.grad.clone()
+    assert out["bfloat16"][0] == pytest.approx(out["float32"][0], rel=1e-3)
+    for a, b in zip(out["float32"][1:], out["bfloat16"][1:]):
+        assert (a - b).norm() / a.norm() < 2e-2
+
+
+def test_info_nce_matches_cross_entropy_form():
+    from prismrec.models.layers import info_nce
+    torch.manual_seed(0)
+    for tau in (0.2, 0.01):
+        a = torch.randn(50, 8, dtype=torch.double, requires_grad=True)
+        b = torch.randn(50, 8, dtype=torch.double, requires_grad=True)
+        an, bn = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        ref = F.cross_entropy(an @ bn.T / tau, torch.arange(50))
+        assert torch.allclose(info_nce(a, b, tau), ref)
+        assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, tau), (a, b))

@@ -9,7 +9,9 @@ from torch import nn
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, info_nce, l2_loss
+from prismrec.models.layers import bpr_loss, dot, info_nce, l2_loss, resolve_precision
+
+WIDE = 256  # feature tables at least this wide get bf16 products (narrower ones gain little)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class MGCNConfig(ModelConfig):
     reg_batch_size: int = 2048  # the code divides the L2 term by the configured batch size, not the actual one
     lr_decay: float = 0.96      # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
     lr_decay_epochs: int = 50
+    # precision of the wide feature-table products: "float32" is MMRec's arithmetic; "bfloat16"
+    # multiplies bf16 copies with fp32 accumulation (the table and its update stay fp32); "auto"
+    # picks bfloat16 where the hardware has it natively (AVX512-BF16/AMX CPUs, CUDA)
+    feature_precision: str = "auto"
 
     def __post_init__(self):
         for name in ("embedding_dim", "num_ui_layers", "knn_k", "reg_batch_size", "lr_decay_epochs"):
@@ -31,6 +37,8 @@ class MGCNConfig(ModelConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_ii_layers < 0:
             raise ValueError(f"num_ii_layers must be >= 0, got {self.num_ii_layers}")
+        if self.feature_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -39,32 +47,52 @@ def _gate(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
 
 
+def _buffer(buffers: dict, key: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    buf = buffers.get(key)
+    if buf is None or buf.shape != like.shape or buf.dtype != dtype:
+        buf = buffers[key] = torch.empty(like.shape, dtype=dtype)
+    return buf
+
+
 class _TableProjection(torch.autograd.Function):
     """``X Wᵀ + b`` for a large trainable leaf table ``X`` whose gradient goes into a kept buffer.
 
     Autograd would allocate a fresh ``[n_items, d_m]`` gradient every batch (115 MB for 4096-d
     image features); page-faulting it in costs as much as the product itself. The gradient is
     written straight into ``X.grad`` (the buffer is reused after ``zero_grad(set_to_none=True)``),
-    the same values as autograd's.
+    the same values as autograd's. With ``bf16`` the three products (forward, ``∂W``, ``∂X``) take
+    bfloat16 inputs with fp32 accumulation; ``X`` itself and its Adam update stay fp32.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, buffers: dict, key: str):
+    def forward(ctx, x, weight, bias, buffers: dict, key: str, bf16: bool):
+        ctx.buffers, ctx.key, ctx.bf16 = buffers, key, bf16
+        if bf16:
+            x16 = _buffer(buffers, key + ".x16", x, torch.bfloat16).copy_(x)  # X moved with the last step
+            w16 = weight.to(torch.bfloat16)
+            ctx.save_for_backward(x, w16)
+            return (x16 @ w16.t()).float().add_(bias)
         ctx.save_for_backward(x, weight)
-        ctx.buffers, ctx.key = buffers, key
         return torch.addmm(bias, x, weight.t())
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        if x.grad is None:
-            buf = ctx.buffers.get(ctx.key)
-            if buf is None or buf.shape != x.shape:
-                buf = ctx.buffers[ctx.key] = torch.empty_like(x)
-            x.grad = torch.mm(g, weight, out=buf)
+        if ctx.bf16:
+            g16 = g.to(torch.bfloat16)
+            grad_w = (g16.t() @ ctx.buffers[ctx.key + ".x16"]).float()
+            gx = torch.mm(g16, weight, out=_buffer(ctx.buffers, ctx.key + ".g16", x, torch.bfloat16))
+            if x.grad is None:
+                x.grad = _buffer(ctx.buffers, ctx.key, x, x.dtype).copy_(gx)
+            else:
+                x.grad.add_(gx)
         else:
-            x.grad.addmm_(g, weight)
-        return None, g.t() @ x, g.sum(dim=0), None, None
+            grad_w = g.t() @ x
+            if x.grad is None:
+                x.grad = torch.mm(g, weight, out=_buffer(ctx.buffers, ctx.key, x, x.dtype))
+            else:
+                x.grad.addmm_(g, weight)
+        return None, grad_w, g.sum(dim=0), None, None, None
 
 
 @register
@@ -119,6 +147,8 @@ class MGCN(Model):
         self.purifier = nn.ModuleDict({m: _gate(d) for m in self.modalities})
         self.prefer = nn.ModuleDict({m: _gate(d) for m in self.modalities})
         self._grad_buffers: dict[str, torch.Tensor] = {}
+        low = resolve_precision(cfg.feature_precision) == torch.bfloat16
+        self.bf16 = {m: low and dims[m] >= WIDE for m in self.modalities}
         self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
     def behaviour_embedding(self, items=None):
@@ -131,7 +161,7 @@ class MGCN(Model):
         """Purified, item-item propagated modality embeddings of the items ``[I, d]``."""
         x, proj = self.features(m), self.proj[m]
         if x is getattr(self, f"feat_{m}") and x.requires_grad:  # the raw table itself (no plug-in in between)
-            f = _TableProjection.apply(x, proj.weight, proj.bias, self._grad_buffers, m)
+            f = _TableProjection.apply(x, proj.weight, proj.bias, self._grad_buffers, m, self.bf16[m])
         else:
             f = proj(x)
         h = self.item_emb * self.purifier[m](f)  # [I, d]
