@@ -114,7 +114,8 @@ async function init() {
   if (explainSupported) {
     const legend = $("legend");
     legend.hidden = false;
-    legend.append("per-modality contribution (faded: lowers the score):");
+    legend.title = "share of each modality in the score; a faded part lowers the score";
+    legend.append("per-modality contribution:");
     modalities.forEach((m, j) => {
       const i = document.createElement("i");
       i.style.background = COLORS[j % COLORS.length];
