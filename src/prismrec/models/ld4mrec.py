@@ -1,0 +1,280 @@
+"""LD4MRec (Zhu et al., 2023): light, one-step conditional diffusion over interaction vectors."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import svds
+from torch import nn
+
+from prismrec.config import tunable
+from prismrec.graphs import SparseMatrix
+from prismrec.models.base import Model, ModelConfig, register
+
+T_SAMPLING = ("uniform", "importance", "ema")
+RECON = ("mse", "multinomial")
+T_IN = ("learned", "first", "vector")
+SCHEDULES = ("closed_form", "clamped")
+
+
+@dataclass(frozen=True)
+class LD4MRecConfig(ModelConfig):
+    hidden_dim: int = 512                       # H of C-Net (spec §7)
+    num_layers: int = 2                         # conditional residual blocks
+    embedding_dim: int = 64                     # projection of each modality preference
+    dropout: float = tunable(0.1, 0.0, 0.5)     # inside the blocks
+    input_dropout: float = tunable(0.5, 0.0, 0.8)  # on observed x before noising (DiffRec drops its input)
+    steps: int = tunable(5, 2, 50)              # T
+    noise_scale: float = tunable(0.1, 0.01, 1.0, log=True)  # s
+    noise_min: float = 1e-3                     # α_min
+    schedule: str = "closed_form"               # "clamped": the OrangeAI re-implementation's β clamp
+    smoothing: float = tunable(0.05, 0.0, 0.2)  # γ of the soft target (0 = hard reconstruction)
+    soft_prob: float = 0.0                      # p: observed 1s given the soft target 0.5 with this prob.
+    svd_k: int = 64                             # rank of the collaborative condition
+    collab_signal: bool = True                  # ablation switches (paper: each one helps)
+    modality_signal: bool = True
+    t_sampling: str = "uniform"                 # "importance": DiffRec √E[L_t²]; "ema": OrangeAI
+    t_in: str = "learned"                       # learned scalar time / "first" step / free "vector"
+    forward_free_weight: float = 0.0            # weight of C-Net(x_0, t_in) in the loss (trains t_in)
+    input_norm: bool = False                    # L2-normalise x before W_in (DiffRec option)
+    latent_noise: bool = True                   # sample W_in ε in H dims (same distribution, I/H cheaper)
+    loss_sum: bool = False                      # sum the MSE over items instead of the mean (DiffRec: mean)
+    recon_loss: str = "mse"                     # "multinomial": -Σ y log softmax(ŷ), y label-smoothed
+
+    def __post_init__(self):
+        for name, allowed in (("t_sampling", T_SAMPLING), ("t_in", T_IN), ("schedule", SCHEDULES),
+                              ("recon_loss", RECON)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be >= 2, got {self.steps}")
+        if not 0 < self.noise_scale <= 1 or not 0 < self.noise_min < 1:
+            raise ValueError("noise_scale must be in (0, 1] and noise_min in (0, 1)")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) steps ``t [B] -> [B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    a = t.float()[:, None] * freqs[None]
+    return F.pad(torch.cat([torch.cos(a), torch.sin(a)], dim=1), (0, dim % 2))
+
+
+class CondBlock(nn.Module):
+    """``h + MLP(LN(h) ⊙ (1 + scale(g)) + shift(g))`` (FiLM conditioning)."""
+
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.film = nn.Linear(hidden, 2 * hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+
+    def forward(self, h, g):
+        scale, shift = self.film(g).chunk(2, dim=1)
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+@register
+class LD4MRec(Model):
+    """Conditional diffusion over a user's interaction vector, with one-step, forward-free inference.
+
+    `LD4MRec: Simplifying and Powering Diffusion Model for Multimedia Recommendation
+    <https://arxiv.org/abs/2309.15363>`_. No official code; choices beyond the abstract are
+    ``specs/ld4mrec.md``'s and each is a config switch.
+
+    .. math::
+        x_t = \\sqrt{\\bar\\alpha_t} x_u + \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon, \\quad
+        1-\\bar\\alpha_t = s\\,[\\alpha_{min} + \\tfrac{t-1}{T-1}(1-\\alpha_{min})] \\\\
+        g = W_c [c_u^{cf} ; W_m e_{u,m}]_m + W_\\tau \\tau(t), \\quad
+        e_{u,m} = \\sum_{i \\in N_u} \\tfrac{f_{i,m}}{\\sqrt{|N_u||N_i|}} \\\\
+        \\mathcal L = \\tfrac{1}{I}\\|\\mathrm{CNet}(x_t, t, g) - ((1-\\gamma) x_u + \\gamma (1 - x_u))\\|^2,
+        \\quad \\hat y_u = \\mathrm{CNet}(x_u, t_{in}, g)
+
+    ``c_u^{cf}`` is the user's row of ``U_k S_k^{1/2}`` from a truncated SVD of the train matrix,
+    scaled to unit variance (computed once, stored as a buffer). ``t_in`` is a learnable
+    (fractional) step fed through the sinusoidal embedding, initialised at the first step;
+    it only receives a gradient from the optional forward-free term ``forward_free_weight``.
+
+    Shapes:
+        x_u, x_t, ŷ_u [B, n_items]; W_in [n_items, H]; W_out [H, n_items]; g [B, H].
+    """
+
+    name = "ld4mrec"
+    description = "LD4MRec: one-step conditional diffusion on interaction vectors (C-Net, soft targets)"
+    Config = LD4MRecConfig
+    sampler = "users"
+    uses_features = True
+    train_defaults = {"batch_size": 400}   # users per batch (spec §6: 400-2048)
+
+    def setup(self, dataset):
+        c, hid = self.config, self.config.hidden_dim
+        self.train_csr = sp.csr_matrix(dataset.train, dtype=np.float32)
+        du = np.asarray(self.train_csr.sum(1)).ravel()
+        di = np.asarray(self.train_csr.sum(0)).ravel()
+        inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0).astype(np.float32)  # noqa: E731
+        self.norm_csr = sp.csr_matrix(sp.diags(inv(du)) @ self.train_csr @ sp.diags(inv(di)), dtype=np.float32)
+        cond_dim = 0
+        if c.collab_signal:
+            k = max(1, min(c.svd_k, min(self.train_csr.shape) - 1))
+            self.register_buffer("cf", self._svd_factors(k))           # [n_users, k]
+            cond_dim += k
+        mods = self.modalities if c.modality_signal else []
+        self.mod_proj = nn.ModuleDict({m: nn.Linear(d, c.embedding_dim) for m, d in self.feature_dims().items()
+                                       if m in mods})
+        cond_dim += c.embedding_dim * len(self.mod_proj)
+        self.cond = nn.Linear(cond_dim, hid) if cond_dim else None
+        self.w_in = nn.Linear(self.n_items, hid)
+        self.time = nn.Linear(hid, hid)
+        self.blocks = nn.ModuleList(CondBlock(hid, c.dropout) for _ in range(c.num_layers))
+        self.w_out = nn.Linear(hid, self.n_items)
+        self.t_in = nn.Parameter(torch.zeros(hid if c.t_in == "vector" else 1), requires_grad=c.t_in != "first")
+        if c.t_in == "vector":
+            with torch.no_grad():
+                self.t_in.copy_(timestep_embedding(torch.zeros(1), hid)[0])
+        self.register_buffer("alpha_bar", self._schedule())               # [T]
+        self.register_buffer("loss_hist", torch.zeros(c.steps, 10))     # importance sampling history
+        self.register_buffer("loss_count", torch.zeros(c.steps, dtype=torch.long))
+
+    def _svd_factors(self, k: int) -> torch.Tensor:
+        v0 = np.random.default_rng(0).random(min(self.train_csr.shape))   # fixed start: deterministic
+        u, s, _ = svds(self.train_csr.astype(np.float64), k=k, v0=v0)
+        cf = (u * np.sqrt(s))[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(cf / (cf.std() + 1e-12), dtype=np.float32))
+
+    def _schedule(self) -> torch.Tensor:
+        c = self.config
+        t = torch.arange(c.steps, dtype=torch.float64)
+        alpha_bar = 1 - c.noise_scale * (c.noise_min + t / (c.steps - 1) * (1 - c.noise_min))
+        if c.schedule == "clamped":   # β_t recomputed from ᾱ, clamped, ᾱ re-accumulated (OrangeAI)
+            prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+            alpha_bar = torch.cumprod(1 - (1 - alpha_bar / prev).clamp(1e-4, 0.9999), 0)
+        return alpha_bar.float()
+
+    # -- conditioning ------------------------------------------------------------------------------
+    def condition(self, users: torch.Tensor) -> torch.Tensor | None:
+        """Collaborative + modality-preference condition ``[B, H]`` (None when both are off)."""
+        parts = [self.cf[users]] if self.config.collab_signal else []
+        if len(self.mod_proj):
+            sub = self.norm_csr[users.cpu().numpy()]
+            uniq, inv = np.unique(sub.indices, return_inverse=True)     # only the batch users' items
+            agg = SparseMatrix(sp.csr_matrix((sub.data, inv.ravel(), sub.indptr), shape=(len(users), len(uniq))),
+                               symmetric=False).to(users.device)
+            items = torch.from_numpy(uniq).to(users.device)
+            for m, proj in self.mod_proj.items():
+                parts.append(agg @ proj(self.features(m, items)))          # [B, e]
+        return self.cond(torch.cat(parts, dim=1)) if parts else None
+
+    def behaviour_input(self, users: torch.Tensor) -> SparseMatrix:
+        """The users' train rows ``[B, I]`` (sparse), after behaviour dropout and optional L2 norm."""
+        rows = self.train_csr[users.cpu().numpy()]
+        data = torch.from_numpy(rows.data)
+        if self.training and self.config.input_dropout > 0:
+            p = self.config.input_dropout
+            data = data * (torch.rand(len(data)) >= p) / (1 - p)           # torch RNG: checkpointed
+        if self.config.input_norm:
+            row_of = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(rows.indptr)))
+            norms = torch.zeros(len(users)).index_add_(0, row_of, data.pow(2)).sqrt().clamp_min(1e-12)
+            data = data / norms[row_of]
+        rows = sp.csr_matrix((data.numpy(), rows.indices, rows.indptr), shape=rows.shape)
+        return SparseMatrix(rows, symmetric=False).to(self.w_in.weight.device)
+
+    def cnet(self, h: torch.Tensor, tau: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        """C-Net after the input map: ``h = W_in x [B, H]``, time embedding ``tau [B|1, H]`` -> ``[B, I]``."""
+        g = self.time(tau) if g is None else g + self.time(tau)
+        g = g.expand(len(h), -1)
+        for block in self.blocks:
+            h = block(h, g)
+        return self.w_out(h)
+
+    def _tau_in(self) -> torch.Tensor:
+        if self.config.t_in == "vector":
+            return self.t_in[None]
+        return timestep_embedding(self.t_in.abs(), self.config.hidden_dim)
+
+    # -- training ----------------------------------------------------------------------------------
+    def _sample_t(self, n: int) -> torch.Tensor:
+        c = self.config
+        if c.t_sampling == "importance" and bool((self.loss_count >= 10).all()):
+            w = self.loss_hist.pow(2).mean(1).sqrt()
+        elif c.t_sampling == "ema" and bool((self.loss_count > 0).all()):
+            w = self.loss_hist[:, 0].abs()
+        else:
+            return torch.randint(0, c.steps, (n,), device=self.alpha_bar.device)
+        p = w / w.sum()
+        return torch.multinomial(0.9 * p + 0.1 / c.steps, n, replacement=True)
+
+    def _record(self, t: torch.Tensor, per_user: torch.Tensor) -> None:
+        c, per_user = self.config, per_user.detach()
+        for s in torch.unique(t).tolist():          # T steps at most: not a loop over users
+            mean = per_user[t == s].mean()
+            if c.t_sampling == "ema":
+                old = self.loss_hist[s, 0] if self.loss_count[s] > 0 else mean
+                self.loss_hist[s, 0] = 0.9 * old + 0.1 * mean
+            else:
+                self.loss_hist[s] = torch.cat([self.loss_hist[s, 1:], mean[None]])
+            self.loss_count[s] += 1
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft reconstruction target from the observed (binary) vector ``x`` ``[B, I]``.
+
+        MSE: ``(1-γ) x + γ (1-x)``; multinomial: the label-smoothed distribution
+        ``(1-γ) x/|x| + γ/I``. With ``soft_prob`` p, each observed 1 is first softened to 0.5.
+        """
+        c = self.config
+        if c.soft_prob > 0:
+            x = torch.where((x > 0) & (torch.rand_like(x) < c.soft_prob), 0.5 * x, x)
+        if c.recon_loss == "multinomial":
+            return (1 - c.smoothing) * x / x.sum(1, keepdim=True).clamp_min(1e-12) + c.smoothing / x.shape[1]
+        return (1 - c.smoothing) * x + c.smoothing * (1 - x)
+
+    def _mse(self, pred, y):
+        """Per-user reconstruction loss ``[B]`` (MSE, or multinomial cross-entropy)."""
+        if self.config.recon_loss == "multinomial":
+            return -(y * F.log_softmax(pred, dim=1)).sum(1)
+        se = (pred - y).pow(2)
+        return se.sum(1) if self.config.loss_sum else se.mean(1)
+
+    def noised_input(self, x: SparseMatrix, t: torch.Tensor) -> torch.Tensor:
+        """``W_in x_t + b`` for ``x_t = √ᾱ_t x + √(1-ᾱ_t) ε`` ``[B, H]``.
+
+        With ``latent_noise`` the noise enters as ``L z`` with ``L Lᵀ = W_in W_inᵀ`` and
+        ``z ~ N(0, I_H)``: exactly the distribution of ``W_in ε`` (so the same expected loss and
+        gradient) without an ``[B, I]`` dense noise matrix and product.
+        """
+        w = self.w_in.weight                                                        # [H, I]
+        ab = self.alpha_bar[t][:, None]
+        if self.config.latent_noise:
+            cov = w @ w.T + 1e-6 * torch.eye(len(w), device=w.device)
+            noise = torch.randn(len(t), len(w), device=w.device) @ torch.linalg.cholesky(cov).T
+        else:
+            noise = torch.randn(len(t), w.shape[1], device=w.device) @ w.T
+        return ab.sqrt() * (x @ w.T) + (1 - ab).sqrt() * noise + self.w_in.bias
+
+    def loss(self, batch):
+        users = batch.users
+        x0 = torch.from_numpy(self.train_csr[users.cpu().numpy()].toarray()).to(self.alpha_bar.device)  # [B, I]
+        x_in = self.behaviour_input(users)
+        t = self._sample_t(len(users))
+        g, y = self.condition(users), self.target(x0)
+        h = self.noised_input(x_in, t)
+        per_user = self._mse(self.cnet(h, timestep_embedding(t, self.config.hidden_dim), g), y)
+        if self.config.t_sampling != "uniform":
+            self._record(t, per_user)
+        loss = per_user.mean()
+        if self.config.forward_free_weight > 0:
+            ff = self._mse(self.cnet(x_in @ self.w_in.weight.T + self.w_in.bias, self._tau_in(), g), y).mean()
+            loss = loss + self.config.forward_free_weight * ff
+        return loss
+
+    # -- inference ---------------------------------------------------------------------------------
+    def prepare_scoring(self):
+        self._cache = None   # nothing to precompute: one C-Net call per user batch
+
+    def score(self, users):
+        """Forward-free, one-step: the observed train vector goes straight into C-Net at ``t_in``."""
+        x = self.behaviour_input(users)
+        return self.cnet(x @ self.w_in.weight.T + self.w_in.bias, self._tau_in(), self.condition(users))
