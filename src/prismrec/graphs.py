@@ -37,6 +37,23 @@ def bipartite_adjacency(train: sp.spmatrix, normalize: bool = True) -> sp.csr_ma
     return sym_normalize(a) if normalize else a
 
 
+def mean_aggregators(train: sp.spmatrix) -> tuple["SparseMatrix", "SparseMatrix"]:
+    """Mean aggregation over the bipartite graph as two blocks: ``(Ā_ui [U, I], Ā_iu [I, U])``.
+
+    ``Ā_ui @ X_items`` averages each user's items, ``Ā_iu @ X_users`` each item's users (PyG
+    ``aggr='mean'`` on the user-item graph; nodes without edges get zeros). Keeping the blocks
+    apart lets a model multiply by a weight on the smaller side (MMGCN, GraphSAGE).
+    """
+    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
+    r.data[:] = 1.0
+
+    def row_mean(m):
+        deg = np.asarray(m.sum(axis=1)).ravel()
+        inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0).astype(np.float32)
+        return SparseMatrix(sp.diags(inv) @ m, symmetric=False)
+    return row_mean(r), row_mean(r.T.tocsr())
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, at, x):

@@ -184,7 +184,8 @@ DEFAULT_DIMS = {"visual": 64, "acoustic": 32, "textual": 48}
 
 
 def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_user: float = 15.0, *,
-                    dims: dict[str, int] | None = None, noise_fraction: float = 0.3, latent_dim: int = 8,
+                    dims: dict[str, int] | None = None, noise_fraction: float = 0.3, noise_scale: float = 1.0,
+                    noisy_modalities: list[str] | None = None, latent_dim: int = 8,
                     beta: float = 2.0, feature_noise: float = 0.1, popularity: float = 0.5, seed: int = 0,
                     name: str = "microvideo-synth") -> tuple[Dataset, dict[str, np.ndarray]]:
     """Synthetic micro-video data where each modality's usefulness differs per item.
@@ -192,15 +193,18 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     Items have a latent ``z_i``; users pick items with probability ``∝ exp(beta · p_u·z_i)`` times
     a popularity prior. Each modality is a low-rank map of ``z_i`` plus a little noise, except
     that for a known subset of items one modality is **pure noise**: ``noise_fraction`` of the
-    items are split evenly between the modalities, and for the items assigned to modality ``m``
-    the ``m`` features are Gaussian noise with the same per-dimension scale as the clean ones
-    (nothing but their content tells them apart). A static fusion must trust a modality equally
+    items are split evenly between the ``noisy_modalities`` (default: all), and for the items
+    assigned to modality ``m``
+    the ``m`` features are Gaussian noise with ``noise_scale`` times the per-dimension standard
+    deviation of the clean ones (at 1, nothing but their lack of structure tells them apart). A static fusion must trust a modality equally
     for every item; an item-specific one (MetaMMF) can ignore it where it is noise.
 
     Args:
         n_users, n_items, interactions_per_user: size.
         dims: modality -> feature dimension (default visual 64, acoustic 32, textual 48).
         noise_fraction: share of items with one pure-noise modality.
+        noise_scale: standard deviation of that noise relative to the clean features'.
+        noisy_modalities: the modalities that are noise for some items (default: every one).
         latent_dim: dimension of the planted latent space.
         beta: strength of the preference signal.
         feature_noise: standard deviation of the noise on clean features (signal ~unit scale).
@@ -209,7 +213,7 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
 
     Returns:
         ``(dataset, noise_items)`` with ``noise_items[m]`` the sorted item indices whose ``m``
-        features are noise.
+        features are noise (one entry per noisy modality).
     """
     dims = dict(DEFAULT_DIMS if dims is None else dims)
     if not 0 <= noise_fraction < 1:
@@ -222,15 +226,20 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     z = (z - z.mean(0)) / z.std(0)
     rng = np.random.default_rng(seed + 7)
     noisy = rng.permutation(n_items)[: int(round(noise_fraction * n_items))]
-    groups = np.array_split(noisy, len(dims))
+    noisy_modalities = list(dims) if noisy_modalities is None else list(noisy_modalities)
+    if not set(noisy_modalities) <= set(dims):
+        raise ValueError(f"noisy_modalities {noisy_modalities} must be among {list(dims)}")
+    groups = dict(zip(noisy_modalities, np.array_split(noisy, len(noisy_modalities))))
     features, noise_items = {}, {}
-    for (m, d), group in zip(dims.items(), groups):
+    for m, d in dims.items():
+        group = groups.get(m, np.empty(0, np.int64))
         a = rng.standard_normal((latent_dim, d)).astype(np.float32) / np.sqrt(latent_dim)
         f = z @ a + feature_noise * rng.standard_normal((n_items, d))
         std = f.std(axis=0, keepdims=True)
-        f[group] = rng.standard_normal((len(group), d)) * std + f.mean(axis=0, keepdims=True)
+        f[group] = rng.standard_normal((len(group), d)) * (noise_scale * std) + f.mean(axis=0, keepdims=True)
         features[m] = f.astype(np.float32)
-        noise_items[m] = np.sort(group)
+        if m in groups:
+            noise_items[m] = np.sort(group)
     labels = per_user_split(users, np.random.default_rng(seed + 1).random(len(users)))
     mats = [sp.csr_matrix((np.ones(int((labels == c).sum()), np.float32), (users[labels == c], items[labels == c])),
                           shape=(n_users, n_items)) for c in (0, 1, 2)]

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import tunable
-from prismrec.graphs import SparseMatrix
+from prismrec.graphs import SparseMatrix, mean_aggregators
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.layers import bpr_loss, dot
 
@@ -167,10 +165,7 @@ class MMGCN(Model):
 
     def setup(self, dataset):
         cfg = self.config
-        r = sp.csr_matrix(dataset.train, dtype=np.float32, copy=True)
-        r.data[:] = 1.0
-        self.ui = SparseMatrix(_row_mean(r), symmetric=False)            # users <- items, mean
-        self.iu = SparseMatrix(_row_mean(r.T.tocsr()), symmetric=False)  # items <- users, mean
+        self.ui, self.iu = mean_aggregators(dataset.train)  # users <- items, items <- users (mean)
         self.gcn = nn.ModuleDict({m: ModalityGCN(self.n_users, d, cfg) for m, d in self.feature_dims().items()})
         emb = nn.init.xavier_normal_(torch.empty(self.n_users + self.n_items, cfg.embedding_dim))
         if cfg.learn_embeddings:
@@ -197,9 +192,3 @@ class MMGCN(Model):
         reg = (ids_u ** 2 + ids_i ** 2).mean() + (self.gcn[self.modalities[0]].preference ** 2).mean()
         return bpr_loss(dot(u, p), dot(u, n)) + self.config.reg_weight * reg
 
-
-def _row_mean(m: sp.csr_matrix) -> sp.csr_matrix:
-    """Rows divided by their sums (mean aggregation); empty rows stay zero."""
-    deg = np.asarray(m.sum(axis=1)).ravel()
-    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
-    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ m)
