@@ -15,20 +15,42 @@ def _batches(ds, size=64, seed=0):
     return list(PairwiseSampler(ds.train, size, np.random.default_rng(seed)))
 
 
+def _mmrec_forward(model: MGCN):
+    """A transcription of MMRec's MGCN.forward(train=True) for image + text, dense matrices."""
+    n = model.n_users
+    adj, r = model.adj.a.to_dense(), model.user_item.a.to_dense()
+    user, item = model.embedding[:n], model.embedding[n:]
+    views = {}
+    for m in ("image", "text"):
+        item_embeds = item * model.purifier[m](model.proj[m](model.features(m)))
+        item_embeds = model.item_graphs[m].a.to_dense() @ item_embeds
+        views[m] = torch.cat([r @ item_embeds, item_embeds])
+    ego = torch.cat([user, item])
+    layers = [ego]
+    for _ in range(2):
+        ego = adj @ ego
+        layers.append(ego)
+    content = torch.stack(layers, dim=1).mean(dim=1)
+    att = torch.softmax(torch.cat([model.query(views["image"]), model.query(views["text"])], dim=-1), dim=-1)
+    common = att[:, 0:1] * views["image"] + att[:, 1:2] * views["text"]
+    sep_image = model.prefer["image"](content) * (views["image"] - common)
+    sep_text = model.prefer["text"](content) * (views["text"] - common)
+    side = (sep_image + sep_text + common) / 3
+    return content + side, side, content
+
+
 def _reference_loss(model: MGCN, batch) -> torch.Tensor:
     """MMRec's calculate_loss: full forward of every user and item, then the batch rows."""
     cfg, n = model.config, model.n_users
-    e_id, items = model.propagate()
-    views = torch.stack([torch.cat([model.user_item @ h, h]) for h in items])
-    e_mul = model.fuse(e_id, views)
-    e = e_id + e_mul
+    e, e_mul, e_id = _mmrec_forward(model)
     u, p, ng = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
     bpr = -F.logsigmoid((u * p).sum(1) - (u * ng).sum(1)).mean()
     reg = (u.pow(2).sum() + p.pow(2).sum() + ng.pow(2).sum()) / 2 / cfg.reg_batch_size
 
     def nce(a, b):
         a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-        return F.cross_entropy(a @ b.T / cfg.temperature, torch.arange(len(a)))
+        pos = torch.exp((a * b).sum(dim=-1) / 0.2)
+        return torch.mean(-torch.log(pos / torch.exp(a @ b.T / 0.2).sum(dim=1)))
     cl = nce(e_mul[n + batch.pos_items], e_id[n + batch.pos_items]) + nce(e_mul[batch.users], e_id[batch.users])
     return bpr + cfg.reg_weight * reg + cfg.cl_weight * cl
 
@@ -44,6 +66,10 @@ def test_batch_rows_loss_and_gradients_match_full_reference(tiny):
     ref = _reference_loss(model, batch)
     ref.backward()
     assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # and the scoring path
+        u, i = model.embeddings()
+        e, _, _ = _mmrec_forward(model)
+        assert torch.allclose(torch.cat([u, i]), e, atol=1e-5)
     for k, p in model.named_parameters():
         assert torch.allclose(grads[k], p.grad, rtol=1e-4, atol=1e-7), k
 
@@ -87,6 +113,9 @@ def test_any_number_of_modalities_score_shape_and_masking(fixture, request):
     rec = Recommender("mgcn", epochs=2, batch_size=256, eval_ks=(10, 20), checkpoint=False).fit(ds, show_progress=False)
     model = rec.model
     assert len(model.proj) == len(ds.features) and len(model.item_graphs) == len(ds.features)
+    users = torch.tensor([0, 3, 3, 17])
+    x = torch.randn(ds.n_items, 5)
+    assert torch.allclose(model.user_item_rows(users, x), (model.user_item @ x)[users], atol=1e-6)
     users = np.array([0, 5, 9])
     s = rec.score(users)
     assert s.shape == (3, ds.n_items) and np.isfinite(s).all()

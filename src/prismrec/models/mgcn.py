@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -95,6 +97,24 @@ class _TableProjection(torch.autograd.Function):
         return None, grad_w, g.sum(dim=0), None, None, None
 
 
+class _RowProduct:
+    """``(M @ X)[rows]`` for a fixed CSR matrix ``M`` as a gather over those rows' entries only
+    (differentiable in ``X``): a batch touches ~10% of the users, so this beats a full product."""
+
+    def __init__(self, m: sp.csr_matrix):
+        self.indptr = torch.from_numpy(m.indptr.astype(np.int64))
+        self.indices = torch.from_numpy(m.indices.astype(np.int64))
+        self.data = torch.from_numpy(m.data.astype(np.float32))
+
+    def __call__(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        start = self.indptr[rows]
+        count = self.indptr[rows + 1] - start
+        seg = torch.repeat_interleave(torch.arange(len(rows)), count)                # [nnz] output row
+        pos = torch.arange(len(seg)) + (start - (torch.cumsum(count, 0) - count))[seg]  # [nnz] entry
+        out = torch.zeros(len(rows), x.shape[1], dtype=x.dtype)
+        return out.index_add_(0, seg, self.data[pos, None] * x[self.indices[pos]])
+
+
 @register
 class MGCN(Model):
     """Multi-view graph convolution with a behaviour-guided purifier and a behaviour-aware fuser.
@@ -120,7 +140,7 @@ class MGCN(Model):
     plug-ins still apply); the item-item kNN graphs are built once from the initial features.
 
     Shapes:
-        E_u [n_users, d]; E_i^{id} [n_items, d]; X_m [n_items, d_m]; Ŝ_m sparse [n_items²];
+        [E_u; E_i^{id}] [n_users + n_items, d]; X_m [n_items, d_m]; Ŝ_m sparse [n_items²];
         R̂ sparse [n_users, n_items]; every E_* [n_users + n_items, d].
     """
 
@@ -132,11 +152,16 @@ class MGCN(Model):
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        # one [users + items, d] table (no concatenation per batch); each block initialised like
+        # MMRec's separate tables (Xavier bounds depend on the block's own shape)
+        table = torch.empty(self.n_users + self.n_items, d)
+        nn.init.xavier_uniform_(table[: self.n_users])
+        nn.init.xavier_uniform_(table[self.n_users:])
+        self.embedding = nn.Parameter(table)
         adj = bipartite_adjacency(dataset.train)
         self.adj = SparseMatrix(adj, symmetric=True)
-        self.user_item = SparseMatrix(adj[: self.n_users, self.n_users:])  # R̂ = D_u^{-1/2} R D_i^{-1/2}
+        r = adj[: self.n_users, self.n_users:].tocsr()                      # R̂ = D_u^{-1/2} R D_i^{-1/2}
+        self.user_item, self.user_item_rows = SparseMatrix(r), _RowProduct(r)
         self.item_graphs = {}
         for m in self.modalities:
             raw = getattr(self, f"feat_{m}")  # the initial features (not plug-in refined): graph and table init
@@ -146,10 +171,14 @@ class MGCN(Model):
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], d) for m in self.modalities})
         self.purifier = nn.ModuleDict({m: _gate(d) for m in self.modalities})
         self.prefer = nn.ModuleDict({m: _gate(d) for m in self.modalities})
-        self._grad_buffers: dict[str, torch.Tensor] = {}
+        self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
         low = resolve_precision(cfg.feature_precision) == torch.bfloat16
         self.bf16 = {m: low and dims[m] >= WIDE for m in self.modalities}
-        self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+        self._grad_buffers: dict[str, torch.Tensor] = {}
+
+    @property
+    def item_emb(self) -> torch.Tensor:
+        return self.embedding[self.n_users:]
 
     def behaviour_embedding(self, items=None):
         return self.item_emb if items is None else self.item_emb[items]
@@ -169,33 +198,34 @@ class MGCN(Model):
             h = self.item_graphs[m] @ h
         return h
 
-    def propagate(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``E_id [N + I, d]`` and each modality's item view ``[I, d]``."""
-        e_id = propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_ui_layers)
-        return e_id, [self.item_view(m) for m in self.modalities]
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_id [N + I, d]`` and the modalities' item views side by side ``[I, M·d]``."""
+        e_id = propagate(self.adj, self.embedding, self.config.num_ui_layers)
+        return e_id, torch.cat([self.item_view(m) for m in self.modalities], dim=1)
 
     def fuse(self, e_id: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """Behaviour-aware fuser, row by row: ``e_id [R, d]``, ``views [M, R, d]`` -> ``E_mul [R, d]``."""
-        alpha = torch.softmax(self.query(views), dim=0)  # [M, R, 1]
-        shared = (alpha * views).sum(dim=0)              # [R, d]
+        """Behaviour-aware fuser, row by row: ``e_id [R, d]``, ``views [R, M·d]`` -> ``E_mul [R, d]``."""
+        views = views.view(len(views), len(self.modalities), -1).transpose(0, 1)  # [M, R, d]
+        alpha = torch.softmax(self.query(views), dim=0)                           # [M, R, 1]
+        shared = (alpha * views).sum(dim=0)                                       # [R, d]
         specific = sum(self.prefer[m](e_id) * (views[k] - shared) for k, m in enumerate(self.modalities))
         return (shared + specific) / (len(self.modalities) + 1)
 
     def embeddings(self):
         e_id, items = self.propagate()
-        views = torch.stack([torch.cat([self.user_item @ h, h]) for h in items])  # [M, N + I, d]
-        e = e_id + self.fuse(e_id, views)
+        e = e_id + self.fuse(e_id, torch.cat([self.user_item @ items, items]))
         return e[: self.n_users], e[self.n_users:]
 
     def loss(self, batch):
-        # the fuser works row by row, so it runs only on the batch's users and items
+        # the fuser works row by row, so it runs only on the batch's users and items, and the
+        # users' modality views R̂ Ē_{i,m} are only gathered for the batch's users
         cfg, b = self.config, len(batch.users)
         e_id, items = self.propagate()
         users, u_at = torch.unique(batch.users, return_inverse=True)
         its, i_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
         i_at = i_at + len(users)
-        views = torch.stack([torch.cat([(self.user_item @ h)[users], h[its]]) for h in items])  # [M, R, d]
-        e_id = e_id[torch.cat([users, self.n_users + its])]                                # [R, d]
+        views = torch.cat([self.user_item_rows(users, items), items[its]])  # [R, M·d]
+        e_id = e_id[torch.cat([users, self.n_users + its])]                  # [R, d]
         e_mul = self.fuse(e_id, views)
         e = e_id + e_mul
         u, p, n = e[u_at], e[i_at[:b]], e[i_at[b:]]
