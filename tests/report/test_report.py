@@ -1,0 +1,114 @@
+"""The HTML report: self-contained, its tables and plots; rendered in headless Chromium."""
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from prismrec import Recommender
+from prismrec.cli import app
+from prismrec.errors import PrismrecError
+from prismrec.report import build_report, load_run, modality_signals
+
+
+@pytest.fixture(scope="module")
+def runs(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for name in ("vbpr", "bpr"):
+        Recommender(name, epochs=3, batch_size=512).fit(tiny, run_dir=root / name, show_progress=False)
+    # a run that logs a per-modality training signal (as a rebalancing plug-in would)
+    shutil.copytree(root / "vbpr", root / "vbpr-signal")
+    lines = [json.loads(x) for x in (root / "vbpr-signal" / "log.jsonl").read_text().splitlines()]
+    for r in lines:
+        r["modality_signal"] = {"image": 0.5 + 0.1 * r["epoch"], "text": 0.5 - 0.1 * r["epoch"]}
+    (root / "vbpr-signal" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    return build_report([runs / "vbpr", runs / "bpr", runs / "vbpr-signal"], out, attribution_users=100,
+                        dimension_users=3)
+
+
+def test_report_is_self_contained_with_tables_and_plots(report):
+    doc = report.read_text()
+    assert doc.startswith("<!DOCTYPE html>")
+    assert not re.search(r'(src|href)="(https?:)?//', doc), "no external resources"
+    imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', doc)
+    alts = [a for a, _ in imgs]
+    assert "training curves" in alts
+    assert sum("modality attribution" in a for a in alts) == 2            # the two VBPR runs
+    assert sum("feature-dimension attribution" in a for a in alts) == 2
+    assert "modality_signal" in alts
+    assert all(len(b) > 2000 for _, b in imgs)
+    assert '<table class="metrics">' in doc and doc.count("<tr>") == 4  # header + 3 runs
+    assert "reads no modality features" in doc                             # BPR: said, not crashed
+
+
+def test_modality_signal_is_read_from_the_log(runs):
+    assert modality_signals(load_run(runs / "vbpr")) == {}
+    sig = modality_signals(load_run(runs / "vbpr-signal"))
+    assert set(sig["modality_signal"]) == {"image", "text"} and len(sig["modality_signal"]["image"]) == 3
+
+
+def test_partial_and_bad_run_directories(runs, tmp_path):
+    partial = tmp_path / "only-metrics"
+    partial.mkdir()
+    shutil.copy(runs / "bpr" / "metrics.json", partial / "metrics.json")
+    doc = build_report([partial], tmp_path / "r.html").read_text()
+    assert "No per-epoch log" in doc and "could not be loaded" in doc
+    with pytest.raises(PrismrecError, match="not a run directory"):
+        build_report([tmp_path / "missing"], tmp_path / "x.html")
+    with pytest.raises(PrismrecError, match="metrics.json nor log.jsonl"):
+        (tmp_path / "empty").mkdir()
+        build_report([tmp_path / "empty"], tmp_path / "x.html")
+
+
+def test_cli(runs, tmp_path):
+    out = tmp_path / "cli.html"
+    res = CliRunner().invoke(app, ["report", str(runs / "bpr"), "--out", str(out), "--no-attribution"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and "training curves" in out.read_text()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "not a run directory" in res.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+def test_renders_in_headless_chromium(report, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from PIL import Image
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1600",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(report.resolve().as_uri())
+        widths = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
+        assert len(widths) == 6
+        assert all(done and natural > 100 and shown > 100 for done, natural, shown in widths), widths
+        artifacts = Path(os.environ.get("PRISMREC_TEST_ARTIFACTS", tmp_path))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shot = artifacts / "report.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    img = Image.open(shot).convert("L")
+    hist = img.histogram()
+    non_white = 1 - sum(hist[245:]) / sum(hist)
+    assert img.size[0] >= 1000 and non_white > 0.05, "the screenshot is blank"
+    assert sum(1 for c in img.resize((64, 64)).histogram() if c) > 20, "the screenshot has no content"
