@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from prismrec.bundle import write_json  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.tasks.music import evaluate_model, fit, load_music, make_music_synthetic  # noqa: E402
-from prismrec.tasks.music.bundle import _plain  # noqa: E402
+from prismrec.tasks.music.bundle import plain_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,7 +47,7 @@ def run(ds, model: str, values: dict, name: str, out: Path, argv: list[str]) -> 
     record = {
         "model": model, "dataset": ds.name, "task": "music",
         "command": "python benchmarks/music.py " + " ".join(shlex.quote(a) for a in argv),
-        "config": {**_plain(res.train_config), **_plain(m.config)},
+        "config": {**plain_config(res.train_config), **plain_config(m.config)},
         "epochs": len(res.history), "best_epoch": res.best_epoch, "stopped_early": res.stopped_early,
         "sec_per_epoch": round(res.sec_per_epoch, 3), "total_seconds": round(total, 1),
         "eval_seconds_test": round(eval_s, 4), "threads": torch.get_num_threads(),

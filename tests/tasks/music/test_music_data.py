@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from prismrec.errors import DataError
-from prismrec.tasks.music import load_music, make_music_synthetic, save_music
+from prismrec.tasks.music import load_music, make_music_synthetic
 
 
 def test_round_trip(music_dir, music_small):
@@ -65,7 +65,8 @@ def _err(folder) -> DataError:
     ({"pairs": "video_id,track_id\na,x\nb,y\nc,x\nd,y\na,y\n"}, "pairs.csv", 6, "video_id", "repeats line 2"),
     ({"pairs": "video_id,track_id\na,x\nb,y\nd,y\n"}, "pairs.csv", None, "video_id", "video 'c'"),
     ({"tracks": "track_id\nx\nx\n"}, "tracks.csv", 3, "track_id", "repeats"),
-    ({"videos": "video_id,split\na,train\nb,train\nc,test\nd,train\n"}, "videos.csv", None, "split", "valid split is empty"),
+    ({"videos": "video_id,split\na,train\nb,train\nc,test\nd,train\n"}, "videos.csv", None, "split",
+     "valid split is empty"),
     ({"tracks": "track_id\n"}, "tracks.csv", None, None, "no rows"),
 ])
 def test_bad_tables(tmp_path, kw, file, line, field, words):

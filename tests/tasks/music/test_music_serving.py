@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -15,7 +14,6 @@ from prismrec.errors import BundleError
 from prismrec.tasks.music import fit
 from prismrec.tasks.music.bundle import MusicBundle, save_music_bundle
 from prismrec.tasks.music.serving import router
-from prismrec.tasks.music.train import tensors
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ log = logging.getLogger("prismrec")
 FILES = ("config.json", "weights.safetensors", "embeddings.safetensors", "videos.json", "tracks.json")
 
 
-def _plain(cfg) -> dict:
+def plain_config(cfg) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
@@ -60,8 +60,8 @@ def save_music_bundle(path: str | Path, result: MusicFit, ds: MusicDataset, *, d
         save_file({"video": video_emb.contiguous(), "track": track_emb.contiguous(),
                    "video_track": torch.from_numpy(np.array(ds.video_track))}, str(stage / "embeddings.safetensors"))
         write_json(stage / "config.json", {
-            "task": "music", "model": model.name, "model_config": _plain(model.config),
-            "train_config": _plain(result.train_config), "video_dims": model.video_dims,
+            "task": "music", "model": model.name, "model_config": plain_config(model.config),
+            "train_config": plain_config(result.train_config), "video_dims": model.video_dims,
             "track_dims": model.track_dims, "n_tracks": ds.n_tracks, "n_videos": ds.n_videos,
             "similarity": model.similarity, "dataset": ds.name, "data_path": data_path,
             "prismrec_version": __version__})

@@ -171,7 +171,8 @@ class CMVAE(MatchModel):
 
     # --- ranking ----------------------------------------------------------------------------------
     def embed_videos(self, feats):
-        mu, logvar = self.to_music(*self.posterior(self.video_norm(self.check_modalities(feats, "video")), "video"))
+        x = self.video_norm(self.check_modalities(feats, "video"))
+        mu = self.to_music(*self.posterior(x, "video"))[0]                              # [N, K]
         if self.config.score != "likelihood":
             return mu
         scale = self.config.likelihood_scale

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from prismrec.config import build_config, to_dict
+from prismrec.config import build_config
 from prismrec.errors import UnknownNameError
 
 _REGISTRY: dict[str, type["MatchModel"]] = {}
@@ -66,7 +66,8 @@ class MatchModel(nn.Module):
 
     def __init__(self, config, video_dims: dict[str, int], track_dims: dict[str, int], n_tracks: int):
         super().__init__()
-        self.config, self.video_dims, self.track_dims, self.n_tracks = config, dict(video_dims), dict(track_dims), n_tracks
+        self.config, self.n_tracks = config, n_tracks
+        self.video_dims, self.track_dims = dict(video_dims), dict(track_dims)
         self.video_norm, self.track_norm = FeatureNorm(video_dims), FeatureNorm(track_dims)
 
     @property
@@ -137,4 +138,4 @@ class NoConfig:
 
 
 __all__ = ["MatchBatch", "MatchModel", "FeatureNorm", "register", "registered", "model_class", "build",
-           "NoConfig", "to_dict"]
+           "NoConfig"]

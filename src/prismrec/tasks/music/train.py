@@ -174,7 +174,8 @@ def _loop(model, ds, tc, feats, result, show_progress, callback, logf):
             batch = MatchBatch(v, t, {m: f[v] for m, f in vf.items()}, {m: f[t] for m, f in tf.items()})
             loss = model.loss(batch)
             if not torch.isfinite(loss):
-                raise PrismrecError(f"loss is {loss.item()} at epoch {epoch}; lower learning_rate or check the features")
+                raise PrismrecError(f"loss is {loss.item()} at epoch {epoch}; "
+                                    "lower learning_rate or check the features")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.clip_grad_norm > 0:
