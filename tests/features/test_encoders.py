@@ -16,7 +16,7 @@ from prismrec.errors import PrismrecError, UnknownNameError
 from prismrec.features import get_encoder, registered_encoders, resolve_encoder_name
 from prismrec.features.audio import decode_audio, log_mel, mel_filterbank, mfcc_from_log_mel
 
-from mediagen import CATEGORIES
+from tests.features.mediagen import CATEGORIES
 
 has = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import prismrec
 from prismrec.cli import app
 
-from mediagen import CATEGORIES, category, make_media, write_table
+from tests.features.mediagen import CATEGORIES, category, make_media, write_table
 
 N_ITEMS, N_USERS, PER_USER = 64, 60, 8  # at least 50 items: evaluation ranks top-50
 runner = CliRunner()

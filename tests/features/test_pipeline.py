@@ -12,7 +12,7 @@ from prismrec.errors import DataError
 from prismrec.features import extract, get_encoder
 from prismrec.features.cache import FeatureCache
 
-from mediagen import make_media, write_table
+from tests.features.mediagen import make_media, write_table
 
 FALLBACK = {"text": "hashing", "image": "colorstats", "audio": "logmel"}
 
