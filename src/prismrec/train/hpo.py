@@ -244,9 +244,11 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
     storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_DB).resolve()}")
     name = f"{model}{''.join('+' + p for p in plugins)}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
                                                                    n_warmup_steps=warmup_epochs))
+    # a resumed study must not replay the random start-up draws of the first session: offset the seed
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials),
+                                               n_startup_trials=max(3, min(10, n_trials // 2)))
     if not study.trials:
         defaults = {p.name: _plain(p.default) for p in space}
         study.enqueue_trial(defaults, user_attrs={"defaults": True}, skip_if_exists=True)
