@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -97,24 +95,6 @@ class _TableProjection(torch.autograd.Function):
         return None, grad_w, g.sum(dim=0), None, None, None
 
 
-class _RowProduct:
-    """``(M @ X)[rows]`` for a fixed CSR matrix ``M`` as a gather over those rows' entries only
-    (differentiable in ``X``): a batch touches ~10% of the users, so this beats a full product."""
-
-    def __init__(self, m: sp.csr_matrix):
-        self.indptr = torch.from_numpy(m.indptr.astype(np.int64))
-        self.indices = torch.from_numpy(m.indices.astype(np.int64))
-        self.data = torch.from_numpy(m.data.astype(np.float32))
-
-    def __call__(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        start = self.indptr[rows]
-        count = self.indptr[rows + 1] - start
-        seg = torch.repeat_interleave(torch.arange(len(rows)), count)                # [nnz] output row
-        pos = torch.arange(len(seg)) + (start - (torch.cumsum(count, 0) - count))[seg]  # [nnz] entry
-        out = torch.zeros(len(rows), x.shape[1], dtype=x.dtype)
-        return out.index_add_(0, seg, self.data[pos, None] * x[self.indices[pos]])
-
-
 @register
 class MGCN(Model):
     """Multi-view graph convolution with a behaviour-guided purifier and a behaviour-aware fuser.
@@ -161,7 +141,7 @@ class MGCN(Model):
         adj = bipartite_adjacency(dataset.train)
         self.adj = SparseMatrix(adj, symmetric=True)
         r = adj[: self.n_users, self.n_users:].tocsr()                      # R̂ = D_u^{-1/2} R D_i^{-1/2}
-        self.user_item, self.user_item_rows = SparseMatrix(r), _RowProduct(r)
+        self.user_item, self._user_item_csr = SparseMatrix(r), r
         self.item_graphs = {}
         for m in self.modalities:
             raw = getattr(self, f"feat_{m}")  # the initial features (not plug-in refined): graph and table init
@@ -203,6 +183,10 @@ class MGCN(Model):
         e_id = propagate(self.adj, self.embedding, self.config.num_ui_layers)
         return e_id, torch.cat([self.item_view(m) for m in self.modalities], dim=1)
 
+    def user_item_rows(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(R̂ @ x)[users]`` from those users' rows only (a batch touches ~10% of the users)."""
+        return SparseMatrix(self._user_item_csr[users.numpy()], symmetric=False) @ x
+
     def fuse(self, e_id: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Behaviour-aware fuser, row by row: ``e_id [R, d]``, ``views [R, M·d]`` -> ``E_mul [R, d]``."""
         views = views.view(len(views), len(self.modalities), -1).transpose(0, 1)  # [M, R, d]
@@ -224,7 +208,7 @@ class MGCN(Model):
         users, u_at = torch.unique(batch.users, return_inverse=True)
         its, i_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
         i_at = i_at + len(users)
-        views = torch.cat([self.user_item_rows(users, items), items[its]])  # [R, M·d]
+        views = torch.cat([self.user_item_rows(users, items), items[its]])    # [R, M·d]
         e_id = e_id[torch.cat([users, self.n_users + its])]                  # [R, d]
         e_mul = self.fuse(e_id, views)
         e = e_id + e_mul
