@@ -94,3 +94,15 @@ def test_topk_never_returns_masked_items():
     top = topk_items(lambda u: torch.from_numpy(scores[u.numpy()]), np.arange(3), 3, mask)
     for u in range(3):
         assert 7 + u not in top[u]
+
+
+def test_cutoffs_longer_than_the_catalogue():
+    """Regression (found by the extraction end-to-end test): K=50 with fewer than 50 items."""
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((20, 12)).astype(np.float32)
+    train = sp.csr_matrix((rng.random((20, 12)) < 0.2).astype(np.float32))
+    truth = sp.csr_matrix(((rng.random((20, 12)) < 0.2) & (train.toarray() == 0)).astype(np.float32))
+    res = evaluate_splits(lambda u: torch.from_numpy(scores[u.numpy()]), train, {"test": truth}, ks=(10, 50))["test"]
+    ref = _reference(scores, train, truth, (10,))
+    assert res["recall@10"] == pytest.approx(ref["recall@10"])
+    assert res["recall@50"] == pytest.approx(1.0)  # every unmasked item is in a list of 50

@@ -22,9 +22,9 @@ def topk_items(score_fn, users: np.ndarray, k: int, mask: sp.csr_matrix | None =
         block_size: users scored at once; blocks of a few hundred keep the score matrix in cache.
 
     Returns:
-        int64 ``[U, k]`` item indices, best first.
+        int64 ``[U, k]`` item indices, best first; ``-1`` pads the rows when ``k > n_items``.
     """
-    out = np.empty((len(users), k), dtype=np.int64)
+    out = np.full((len(users), k), -1, dtype=np.int64)
     masks = [m for m in (mask, extra_mask) if m is not None]
     with torch.no_grad():
         for s in range(0, len(users), block_size):
@@ -34,7 +34,8 @@ def topk_items(score_fn, users: np.ndarray, k: int, mask: sp.csr_matrix | None =
             for m in masks:
                 rows, cols = _block_coords(m, ub)
                 scores.view(-1)[torch.from_numpy(rows * n_items + cols)] = -torch.inf
-            out[s:s + len(ub)] = torch.topk(scores, min(k, n_items), dim=1).indices.numpy()
+            kk = min(k, n_items)
+            out[s:s + len(ub), :kk] = torch.topk(scores, kk, dim=1).indices.numpy()
     return out
 
 
@@ -58,6 +59,7 @@ def hits_of(top: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> tuple[n
     pos = np.searchsorted(keys, q)
     pos[pos == len(keys)] = 0
     hit = (keys[pos] == q).reshape(top.shape) if len(keys) else np.zeros(top.shape, bool)
+    hit &= top >= 0  # padding of lists longer than the catalogue
     return hit, np.diff(sub.indptr)
 
 
