@@ -83,7 +83,7 @@ def test_evaluation_rebuilds_graph_from_current_parameters(tiny):
     with torch.no_grad():
         model.proj["image"].weight.mul_(-3.0)  # parameters move after the graph was built
     with model.scoring():
-        u, i = model.embeddings()
+        _, i = model.embeddings()
         from prismrec.graphs import propagate
         e = propagate(model.adj, torch.cat([model.user_emb, model.item_emb]), model.config.num_ui_layers)
         h = _dense_reference(model) @ model.item_emb

@@ -157,7 +157,7 @@ def test_lr_factor_and_config_validation():
 
 
 def test_bfloat16_products_stay_close_to_float32(tiny, monkeypatch):
-    import prismrec.models.mgcn as mgcn
+    from prismrec.models import mgcn
     monkeypatch.setattr(mgcn, "WIDE", 1)  # the tiny features are narrow; force the bf16 path
     batch = _batches(tiny)[0]
     out = {}
@@ -182,4 +182,4 @@ def test_info_nce_matches_cross_entropy_form():
         an, bn = F.normalize(a, dim=1), F.normalize(b, dim=1)
         ref = F.cross_entropy(an @ bn.T / tau, torch.arange(50))
         assert torch.allclose(info_nce(a, b, tau), ref)
-        assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, tau), (a, b))
+        assert torch.autograd.gradcheck(lambda x, y, t=tau: info_nce(x, y, t), (a, b))

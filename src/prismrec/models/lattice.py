@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -10,7 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, knn_graph, modality_graph, propagate
+from prismrec.graphs import (
+    SparseMatrix,
+    bipartite_adjacency,
+    knn_graph,
+    modality_graph,
+    propagate,
+)
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.layers import dot, l2_loss
 
@@ -92,7 +99,7 @@ class LATTICE(Model):
     Config = LATTICEConfig
     uses_features = True
     min_modalities = 1
-    train_defaults = {"learning_rate": 5e-4}
+    train_defaults: ClassVar[dict] = {"learning_rate": 5e-4}
     knn_block_size = 2048  # rows per block of the learned top-k search
 
     def setup(self, dataset):
