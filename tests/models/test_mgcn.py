@@ -174,7 +174,7 @@ def test_bfloat16_products_stay_close_to_float32(tiny, monkeypatch):
 
 
 def test_info_nce_matches_cross_entropy_form():
-    from prismrec.models.layers import info_nce
+    from prismrec.models.layers import info_nce, info_nce_rows
     torch.manual_seed(0)
     for tau in (0.2, 0.01):
         a = torch.randn(50, 8, dtype=torch.double, requires_grad=True)
@@ -183,3 +183,8 @@ def test_info_nce_matches_cross_entropy_form():
         ref = F.cross_entropy(an @ bn.T / tau, torch.arange(50))
         assert torch.allclose(info_nce(a, b, tau), ref)
         assert torch.autograd.gradcheck(lambda x, y, t=tau: info_nce(x, y, t), (a, b))
+        index = torch.randint(0, 50, (120,))  # duplicated rows, as a batch's popular items
+        an, bn = F.normalize(a[index], dim=1), F.normalize(b[index], dim=1)
+        ref = F.cross_entropy(an @ bn.T / tau, torch.arange(120))
+        assert torch.allclose(info_nce_rows(a, b, index, tau), ref)
+        assert torch.autograd.gradcheck(lambda x, y, t=tau, i=index: info_nce_rows(x, y, i, t), (a, b))

@@ -46,30 +46,47 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     if temperature < 1 / 30:  # e^{±1/τ} could leave float32's range: the max-shifted form
         return F.cross_entropy(a @ b.T / temperature, torch.arange(len(a), device=a.device))
-    return _InfoNCE.apply(a / temperature, b)
+    return _InfoNCE.apply(a / temperature, b, torch.ones(len(a), dtype=a.dtype, device=a.device))
+
+
+def info_nce_rows(a: torch.Tensor, b: torch.Tensor, index: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``info_nce(a[index], b[index], temperature)``, computed once per distinct index.
+
+    A batch repeats rows (a popular item is the positive of many pairs; MGCN's InfoNCE keeps the
+    duplicates as negatives): duplicates are weighted by their count instead of multiplied again,
+    which gives the same value and gradients with ``(distinct/B)²`` of the work.
+    """
+    if temperature < 1 / 30:
+        return info_nce(a[index], b[index], temperature)
+    rows, counts = torch.unique(index, return_counts=True)
+    a, b = F.normalize(a[rows], dim=1), F.normalize(b[rows], dim=1)
+    return _InfoNCE.apply(a / temperature, b, counts.to(a.dtype))
 
 
 class _InfoNCE(torch.autograd.Function):
-    """``mean_j(log Σ_k exp(a_j·b_k) - a_j·b_j)`` for rows with ``|a_j| ≤ c ≤ 30``, ``|b_k| ≤ 1``.
+    """``(1/B) Σ_j c_j (log Σ_k c_k exp(a_j·b_k) - a_j·b_j)`` over distinct rows with counts ``c``
+    (``B = Σ c``), for ``|a_j| ≤ 30``, ``|b_k| ≤ 1``.
 
-    ``|a_j·b_k| ≤ c``, so the exponentials need no max-shift (``e^{±30}`` is safe in float32), and
+    ``|a_j·b_k| ≤ 30``, so the exponentials need no max-shift (``e^{±30}`` is safe in float32), and
     the softmax normalisation is applied to the ``[B, d]`` products in the backward pass instead
-    of to the ``[B, B]`` matrix: one product and two passes over ``[B, B]``. Gradient ``(P - I) / B``.
+    of to the ``[B, B]`` matrix: one product and two passes over ``[B, B]``.
     """
 
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx, a, b, c):
         p = (a @ b.T).exp_()                              # [B, B]
-        total = p.sum(dim=1)                              # [B]
-        ctx.save_for_backward(a, b, p, total)
-        return (total.log() - (a * b).sum(dim=1)).mean()
+        total = p @ c                                     # [B]
+        ctx.save_for_backward(a, b, c, p, total)
+        return (c * (total.log() - (a * b).sum(dim=1))).sum() / c.sum()
 
     @staticmethod
     def backward(ctx, g):
-        a, b, p, total = ctx.saved_tensors
-        scale = g / len(a)
-        inv = (1.0 / total)[:, None]                      # softmax rows: P = diag(1/total) p
-        return (p @ b * inv - b) * scale, (p.T @ (a * inv) - a) * scale
+        a, b, c, p, total = ctx.saved_tensors
+        w = (c * g / c.sum())[:, None]                    # [B, 1]
+        inv = (1.0 / total)[:, None]                      # softmax rows: P = diag(1/total) p diag(c)
+        grad_a = w * (p @ (b * c[:, None]) * inv - b)
+        grad_b = w * (p.T @ (a * (c[:, None] * inv)) - a)
+        return grad_a, grad_b, None
 
 
 def dot(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

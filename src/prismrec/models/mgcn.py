@@ -9,7 +9,13 @@ from torch import nn
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, info_nce, l2_loss, resolve_precision
+from prismrec.models.layers import (
+    bpr_loss,
+    dot,
+    info_nce_rows,
+    l2_loss,
+    resolve_precision,
+)
 
 WIDE = 256  # feature tables at least this wide get bf16 products (narrower ones gain little)
 
@@ -214,6 +220,6 @@ class MGCN(Model):
         e = e_id + e_mul
         u, p, n = e[u_at], e[i_at[:b]], e[i_at[b:]]
         reg = l2_loss(u, p, n, denom=cfg.reg_batch_size)
-        cl = (info_nce(e_mul[i_at[:b]], e_id[i_at[:b]], cfg.temperature)
-              + info_nce(e_mul[u_at], e_id[u_at], cfg.temperature))
+        cl = (info_nce_rows(e_mul, e_id, i_at[:b], cfg.temperature)     # positive items, duplicates kept
+              + info_nce_rows(e_mul, e_id, u_at, cfg.temperature))     # users
         return bpr_loss(dot(u, p), dot(u, n)) + cfg.reg_weight * reg + cfg.cl_weight * cl
