@@ -185,13 +185,15 @@ DEFAULT_DIMS = {"visual": 64, "acoustic": 32, "textual": 48}
 
 def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_user: float = 15.0, *,
                     dims: dict[str, int] | None = None, noise_fraction: float = 0.3, noise_scale: float = 1.0,
-                    noisy_modalities: list[str] | None = None, latent_dim: int = 8,
+                    noisy_modalities: list[str] | None = None, latent_dim: int = 8, private_dim: int = 4,
                     beta: float = 2.0, feature_noise: float = 0.1, popularity: float = 0.5, seed: int = 0,
                     name: str = "microvideo-synth") -> tuple[Dataset, dict[str, np.ndarray]]:
     """Synthetic micro-video data where each modality's usefulness differs per item.
 
-    Items have a latent ``z_i``; users pick items with probability ``∝ exp(beta · p_u·z_i)`` times
-    a popularity prior. Each modality is a low-rank map of ``z_i`` plus a little noise, except
+    Items have a latent ``z_i = [c_i ; q_i^{(1)} ; ... ; q_i^{(M)}]``; users pick items with
+    probability ``∝ exp(beta · p_u·z_i)`` times a popularity prior. Modality ``m`` is a low-rank
+    map of the shared part ``c_i`` and its own private part ``q_i^{(m)}`` plus a little noise, so
+    every modality carries information the others lack, except
     that for a known subset of items one modality is **pure noise**: ``noise_fraction`` of the
     items are split evenly between the ``noisy_modalities`` (default: all), and for the items
     assigned to modality ``m``
@@ -205,7 +207,8 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
         noise_fraction: share of items with one pure-noise modality.
         noise_scale: standard deviation of that noise relative to the clean features'.
         noisy_modalities: the modalities that are noise for some items (default: every one).
-        latent_dim: dimension of the planted latent space.
+        latent_dim: dimension of the shared latent part.
+        private_dim: dimension of each modality's private latent part.
         beta: strength of the preference signal.
         feature_noise: standard deviation of the noise on clean features (signal ~unit scale).
         popularity: Zipf exponent of item popularity.
@@ -219,8 +222,9 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     if not 0 <= noise_fraction < 1:
         raise ValueError(f"noise_fraction must be in [0, 1), got {noise_fraction}")
     # the generator's one "latent" modality with zero noise is z_i through a random square map
+    total = latent_dim + private_dim * len(dims)
     users, items, lat = synth_interactions(n_users, n_items, interactions_per_user,
-                                           modalities={"latent": latent_dim}, latent_dim=latent_dim, beta=beta,
+                                           modalities={"latent": total}, latent_dim=total, beta=beta,
                                            noise=0.0, popularity=popularity, seed=seed)
     z = lat["latent"]
     z = (z - z.mean(0)) / z.std(0)
@@ -231,10 +235,12 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
         raise ValueError(f"noisy_modalities {noisy_modalities} must be among {list(dims)}")
     groups = dict(zip(noisy_modalities, np.array_split(noisy, len(noisy_modalities))))
     features, noise_items = {}, {}
-    for m, d in dims.items():
+    for j, (m, d) in enumerate(dims.items()):
         group = groups.get(m, np.empty(0, np.int64))
-        a = rng.standard_normal((latent_dim, d)).astype(np.float32) / np.sqrt(latent_dim)
-        f = z @ a + feature_noise * rng.standard_normal((n_items, d))
+        private = latent_dim + j * private_dim
+        zm = np.concatenate([z[:, :latent_dim], z[:, private:private + private_dim]], axis=1)
+        a = rng.standard_normal((zm.shape[1], d)).astype(np.float32) / np.sqrt(zm.shape[1])
+        f = zm @ a + feature_noise * rng.standard_normal((n_items, d))
         std = f.std(axis=0, keepdims=True)
         f[group] = rng.standard_normal((len(group), d)) * (noise_scale * std) + f.mean(axis=0, keepdims=True)
         features[m] = f.astype(np.float32)
