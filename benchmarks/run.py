@@ -98,6 +98,8 @@ def main(argv=None):
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
+    if hasattr(rec.model, "modality_signal"):  # per-modality training signal (ERL plug-in)
+        out["modality_signal"] = rec.model.modality_signal()
     dest = Path(args.out) / ds.name / f"{name}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_json(dest, out)
