@@ -65,15 +65,18 @@ def test_roundtrip_synthetic(tmp_path):
 
 
 def test_synthetic_noise_subset_is_noise():
-    """Clean rows of one modality are predictable from another modality; the noise rows are not."""
+    """Clean rows of one modality are partly predictable from another (shared latent part);
+    the noise rows are not; and the noise has the clean rows' scale (no marker)."""
     ds, noise = make_microvideo(300, 600, 8, noise_fraction=0.3, seed=0)
     v, t = ds.features["visual"], ds.features["textual"]
     clean = np.setdiff1d(np.arange(600), np.concatenate(list(noise.values())))
     w, *_ = np.linalg.lstsq(t[clean], v[clean], rcond=None)
     err = lambda rows: np.mean((t[rows] @ w - v[rows]) ** 2) / np.var(v[clean])  # noqa: E731
-    assert err(clean) < 0.1 and err(noise["visual"]) > 1.0
+    assert err(clean) < 0.6 and err(noise["visual"]) > 0.9
     assert sum(len(g) for g in noise.values()) == 180 and not set(noise["visual"]) & set(noise["acoustic"])
-    assert v[noise["visual"]].std() == pytest.approx(v[clean].std(), rel=0.2)  # same scale: no marker
+    assert v[noise["visual"]].std() == pytest.approx(v[clean].std(), rel=0.2)
+    _, only = make_microvideo(100, 90, 8, noise_fraction=0.3, noisy_modalities=["acoustic"], seed=0)
+    assert list(only) == ["acoustic"] and len(only["acoustic"]) == 27
 
 
 def test_item_offset(tmp_path):
