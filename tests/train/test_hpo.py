@@ -68,7 +68,7 @@ def test_bad_trials_are_pruned(tiny, tmp_path, monkeypatch):
     def fake_fit(self, dataset, *, callback=None, **kw):  # valid recall 0.3 for good settings, 0.1 for bad
         good = self.model_config.reg_weight < 1e-3
         for epoch in range(10):
-            rec = {"valid": {"recall@20": (0.3 if good else 0.1) + 0.001 * epoch}}
+            rec = {"valid": {"recall@20": 0.3 + 0.001 * epoch if good else 0.1}}  # bad ones plateau
             if callback(epoch, rec) is False:
                 break
         epochs_run[self.model_config.reg_weight] = epoch + 1
@@ -79,8 +79,21 @@ def test_bad_trials_are_pruned(tiny, tmp_path, monkeypatch):
     res = tune(tiny, "bpr", 8, tmp_path, base_config=FAST, extra_space=space, warmup_epochs=2, startup_trials=1)
     pruned = [t for t in res.study.trials if t.state == TrialState.PRUNED]
     assert pruned and all(t.params["reg_weight"] == 1e-2 for t in pruned)
-    assert epochs_run[1e-2] == 3  # stopped right after the warm-up epochs
+    assert epochs_run[1e-2] == 3  # stopped once past the warm-up and two epochs without progress
     assert res.best_params["reg_weight"] == 1e-4 and res.n_pruned == len(pruned)
+
+
+def test_pruner_spares_trials_still_improving():
+    study = optuna.create_study(direction="maximize", pruner=hpo._plateau_median_pruner(1, 0, patience=2))
+    first = study.ask()
+    for e in range(6):
+        first.report(0.5, e)
+    study.tell(first, 0.5)
+    flat, climbing = study.ask(), study.ask()
+    for e in range(6):
+        flat.report(0.1, e)
+        climbing.report(0.1 + 0.05 * e, e)  # below the median throughout, but climbing
+    assert flat.should_prune() and not climbing.should_prune()
 
 
 def test_study_resumes_after_interruption(tiny, tmp_path, monkeypatch):

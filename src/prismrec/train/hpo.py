@@ -8,7 +8,8 @@ keep their value. Extra ranges (e.g. ``learning_rate``) can be passed in ``extra
 
 The first trial of a new study runs the defaults, so the result says whether tuning beat them.
 Every trial trains with early stopping and reports the validation metric (Recall@20) after each
-epoch; optuna's median pruner stops trials that trail the others at the same epoch. The study lives
+epoch; optuna's median pruner stops trials that trail the others at the same epoch, once they have
+not improved for two epochs (a trial still climbing is never cut). The study lives
 in ``<run_dir>/study.db`` (SQLite): running the same command again continues it up to ``n_trials``
 finished trials, and re-runs the trial an interruption cut short. One tuner per run directory.
 Selection is by validation only; the test metrics of each trial are kept as user attributes for
@@ -208,6 +209,26 @@ def _recover_interrupted(study, storage, space: list[Param]) -> None:
             tried.append(params)
 
 
+def _plateau_median_pruner(startup_trials: int, warmup_epochs: int, patience: int):
+    """optuna's median pruner, vetoed while the trial still improves: a trial is cut only when it
+    trails the median of earlier trials at the same epoch *and* its last ``patience`` epochs did
+    not beat its best before them. (optuna's PatientPruner waits for a decline, not a plateau.)"""
+    import optuna
+
+    class PlateauMedianPruner(optuna.pruners.BasePruner):
+        def __init__(self):
+            self.median = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
+
+        def prune(self, study, trial) -> bool:
+            values = [v for _, v in sorted(trial.intermediate_values.items())]
+            if len(values) <= patience:
+                return False
+            if max(values[-patience:]) > max(values[:-patience]):
+                return False  # still improving
+            return self.median.prune(study, trial)
+    return PlateauMedianPruner()
+
+
 def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, plugins=(),
          base_config: dict[str, Any] | None = None, extra_space: dict[str, dict] | None = None,
          timeout: float | None = None, seed: int = 0, warmup_epochs: int = 3, startup_trials: int = 3,
@@ -244,8 +265,7 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
     storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_DB).resolve()}")
     name = f"{model}{''.join('+' + p for p in plugins)}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
-                                                                   n_warmup_steps=warmup_epochs))
+                                pruner=_plateau_median_pruner(startup_trials, warmup_epochs, patience=2))
     # a resumed study must not replay the random start-up draws of the first session: offset the seed
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials),
                                                n_startup_trials=max(3, min(10, n_trials // 2)))
