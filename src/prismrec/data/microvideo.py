@@ -25,15 +25,13 @@ the user key (``.json``), the field and what was expected.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from prismrec.data.dataset import Dataset
+from prismrec.data.io import atomic_folder
 from prismrec.data.split import per_user_split
 from prismrec.data.synthetic import synth_interactions
 from prismrec.data.validate import check_features, dedupe
@@ -264,9 +262,7 @@ def save_microvideo(dataset: Dataset, folder: str | Path, noise_items: dict[str,
     if bad:
         raise ValueError(f"micro-video modalities are visual, acoustic, textual; got {bad}")
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for split, key in zip(SPLITS, ("train", "valid", "test")):
             coo = dataset.split(key).tocoo()
             np.save(tmp / f"{split}.npy", np.stack([coo.row, coo.col], axis=1).astype(np.int64))
@@ -274,10 +270,4 @@ def save_microvideo(dataset: Dataset, folder: str | Path, noise_items: dict[str,
             np.save(tmp / names[m], f)
         if noise_items is not None:
             (tmp / "noise_items.json").write_text(json.dumps({m: v.tolist() for m, v in noise_items.items()}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder

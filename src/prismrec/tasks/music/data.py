@@ -20,9 +20,6 @@ line (header = line 1), the field and what was expected.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from prismrec.data.idmap import IdMap
+from prismrec.data.io import atomic_folder
 from prismrec.data.validate import check_features, require_columns, require_file
 from prismrec.errors import DataError
 
@@ -267,9 +265,7 @@ def random_split(n: int, seed: int, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
 def save_music(ds: MusicDataset, folder: str | Path) -> Path:
     """Write ``ds`` in the on-disk layout, atomically (temporary folder renamed into place)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         pd.DataFrame({"video_id": ds.video_ids, "split": np.asarray(SPLITS)[ds.split]}).to_csv(
             tmp / "videos.csv", index=False)
         pd.DataFrame({"track_id": ds.track_ids}).to_csv(tmp / "tracks.csv", index=False)
@@ -279,10 +275,4 @@ def save_music(ds: MusicDataset, folder: str | Path) -> Path:
             for m, f in feats.items():
                 np.save(tmp / f"{side}_{m}.npy", f)
         (tmp / "meta.json").write_text(json.dumps({"name": ds.name}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
