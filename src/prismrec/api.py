@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from prismrec.bundle import read_bundle, save_bundle
-from prismrec.config import TrainConfig, resolve, to_dict
+from prismrec.config import resolve, to_dict
 from prismrec.data.dataset import Dataset
 from prismrec.errors import PrismrecError
 from prismrec.evaluation import DEFAULT_KS, METRICS, evaluate_splits

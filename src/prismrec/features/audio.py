@@ -19,7 +19,6 @@ import scipy.fft
 import scipy.io.wavfile
 import scipy.signal
 
-from prismrec.errors import PrismrecError
 from prismrec.features.encoders import (Encoder, build_arch, feature_forward, file_digest, load_weights, pooled,
                                         register_encoder)
 
