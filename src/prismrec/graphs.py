@@ -119,30 +119,47 @@ def propagate(adj: SparseMatrix, x: torch.Tensor, num_layers: int, mean: bool = 
 # ---------------------------------------------------------------------------------------------
 # modality kNN item graphs
 # ---------------------------------------------------------------------------------------------
+def knn_topk(x: torch.Tensor, k: int, block_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` cosine similarities of every row of ``x`` with all rows (self included), no grad.
+
+    Row blocks of ``block_size x n`` similarities (never ``n x n``), written into one reused
+    buffer (a fresh block per product would be page-faulted in each time).
+
+    Returns:
+        ``(values [n, k], indices [n, k])``.
+    """
+    with torch.no_grad():
+        x = x.detach().float()
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        n, k = x.shape[0], min(k, x.shape[0])
+        xt = x.T.contiguous()
+        buf = torch.empty(min(block_size, n), n, dtype=x.dtype, device=x.device)
+        vals = torch.empty(n, k, dtype=x.dtype, device=x.device)
+        cols = torch.empty(n, k, dtype=torch.long, device=x.device)
+        for s in range(0, n, block_size):
+            e = min(s + block_size, n)
+            sim = torch.mm(x[s:e], xt, out=buf[: e - s])
+            torch.topk(sim, k, dim=1, out=(vals[s:e], cols[s:e]))
+    return vals, cols
+
+
 def knn_graph(features: np.ndarray | torch.Tensor, k: int, *, weighted: bool = True,
               block_size: int = 2048) -> sp.csr_matrix:
     """Top-``k`` cosine-similarity neighbours of every item (self included), unnormalised.
 
-    Built in row blocks so that memory is ``O(block_size · n_items)``, not ``O(n_items²)``.
+    Built in row blocks (:func:`knn_topk`) so that memory is ``O(block_size · n_items)``, not ``O(n_items²)``.
 
     Args:
         features: ``[n_items, d]``.
         k: neighbours per row.
-        weighted: keep similarity values (MGCN); ``False`` keeps 1s (FREEDOM, LATTICE).
+        weighted: keep similarity values (MGCN, LATTICE); ``False`` keeps 1s (FREEDOM).
     """
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     n = x.shape[0]
     k = min(k, n)
-    vals = np.empty((n, k), np.float32)
-    cols = np.empty((n, k), np.int64)
-    with torch.no_grad():
-        for s in range(0, n, block_size):
-            sim = x[s:s + block_size] @ x.T
-            v, c = torch.topk(sim, k, dim=1)
-            vals[s:s + len(v)], cols[s:s + len(v)] = v.numpy(), c.numpy()
-    data = vals.ravel() if weighted else np.ones(n * k, np.float32)
-    m = sp.csr_matrix((data, cols.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    vals, cols = knn_topk(x, k, block_size)
+    data = vals.numpy().ravel() if weighted else np.ones(n * k, np.float32)
+    m = sp.csr_matrix((data, cols.numpy().ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     m.sort_indices()
     return m
 

@@ -14,7 +14,7 @@ from prismrec.config import tunable
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
-    knn_graph,
+    knn_topk,
     modality_graph,
     propagate,
 )
@@ -100,7 +100,7 @@ class LATTICE(Model):
     uses_features = True
     min_modalities = 1
     train_defaults: ClassVar[dict] = {"learning_rate": 5e-4}
-    knn_block_size = 2048  # rows per block of the learned top-k search
+    knn_block_size = 1024  # rows per block of the learned top-k search
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
@@ -131,9 +131,7 @@ class LATTICE(Model):
         """Top-k cosine graph of the projected features of ``m``: indices by blocked search, values differentiable."""
         h = self.proj[m](self.features(m))                                         # [I, d']
         k = min(self.config.knn_k, self.n_items)
-        with torch.no_grad():
-            cols = knn_graph(h.detach(), k, block_size=self.knn_block_size).indices
-        cols = torch.from_numpy(cols.astype(np.int64))                             # [I * k]
+        cols = knn_topk(h, k, self.knn_block_size)[1].view(-1)                     # [I * k]
         rows = torch.arange(self.n_items).repeat_interleave(k)
         hn = F.normalize(h, dim=1)
         return rows, cols, (hn[rows] * hn[cols]).sum(dim=1)
