@@ -64,7 +64,7 @@ def test_first_batch_builds_graph_with_gradient_then_fixed(tiny):
     fixed = model._fixed
     model.loss(b1).backward()  # later batches: fixed graph, gradient only into the embeddings
     assert model._fixed is fixed and model.proj["image"].weight.grad is None and model.modal_weight.grad is None
-    assert model.item_emb.grad is not None
+    assert model.embedding.grad is not None
     # the fixed graph is the one the first batch built
     with torch.no_grad():
         ref = _dense(model.item_graph(), tiny.n_items)
@@ -85,10 +85,21 @@ def test_evaluation_rebuilds_graph_from_current_parameters(tiny):
     with model.scoring():
         _, i = model.embeddings()
         from prismrec.graphs import propagate
-        e = propagate(model.adj, torch.cat([model.user_emb, model.item_emb]), model.config.num_ui_layers)
+        e = propagate(model.adj, model.embedding, model.config.num_ui_layers)
         h = _dense_reference(model) @ model.item_emb
         ref_i = e[model.n_users:] + torch.nn.functional.normalize(h, dim=1)
     assert torch.allclose(i, ref_i, atol=1e-5)
+
+
+def test_backbone_adjacency_is_mmrec_random_walk_with_self_loops(tiny):
+    """MMRec LATTICE.get_adj_mat: D^{-1}(A + I) on the bipartite train graph."""
+    model = build_model("lattice", tiny)
+    n, m = tiny.n_users, tiny.n_items
+    r = torch.from_numpy(tiny.train.toarray()).float()
+    a = torch.zeros(n + m, n + m)
+    a[:n, n:], a[n:, :n] = r, r.T
+    a = a + torch.eye(n + m)
+    assert torch.allclose(model.adj.a.to_dense(), a / a.sum(1, keepdim=True), atol=1e-6)
 
 
 def test_loss_decreases_on_synthetic_data(tiny):

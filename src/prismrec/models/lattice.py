@@ -91,7 +91,7 @@ class LATTICE(Model):
     built by blocked top-k, kept sparse (≤ 2k|M| entries per row), and built once per evaluation.
 
     Shapes:
-        E_u [n_users, d]; E_i^{id} [n_items, d]; X_m [n_items, d_m]; W_m [d_m, feat_embed_dim]; S sparse [n_items²].
+        [E_u; E_i^{id}] [n_users + n_items, d]; X_m [n_items, d_m]; W_m [d_m, feat_embed_dim]; S sparse [n_items²].
     """
 
     name = "lattice"
@@ -104,8 +104,11 @@ class LATTICE(Model):
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        # one [users + items, d] table; each block initialised like MMRec's separate tables
+        table = torch.empty(self.n_users + self.n_items, d)
+        nn.init.xavier_uniform_(table[: self.n_users])
+        nn.init.xavier_uniform_(table[self.n_users:])
+        self.embedding = nn.Parameter(table)
         a = bipartite_adjacency(dataset.train, normalize=False) + sp.eye(self.n_users + self.n_items, dtype=np.float32)
         self.adj = SparseMatrix(sp.diags(1.0 / np.asarray(a.sum(axis=1)).ravel()) @ a, symmetric=False)
         self.raw_graphs = {}
@@ -117,6 +120,10 @@ class LATTICE(Model):
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], cfg.feat_embed_dim) for m in self.modalities})
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         self._fixed: SparseMatrix | None = None  # this epoch's item graph, after its first batch
+
+    @property
+    def item_emb(self) -> torch.Tensor:
+        return self.embedding[self.n_users:]
 
     def behaviour_embedding(self, items=None):
         return self.item_emb if items is None else self.item_emb[items]
@@ -169,7 +176,7 @@ class LATTICE(Model):
         return h
 
     def embeddings(self):
-        e = propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_ui_layers)
+        e = propagate(self.adj, self.embedding, self.config.num_ui_layers)
         return e[: self.n_users], e[self.n_users:] + F.normalize(self.item_side(), dim=1)
 
     def loss(self, batch):
