@@ -89,6 +89,7 @@ def main(argv=None):
         "config": {k: v for k, v in rec.config.items()},
         "epochs": m["epochs"], "best_epoch": m["best_epoch"], "stopped_early": m["stopped_early"],
         "sec_per_epoch": round(sec, 4), "threads": threads or torch.get_num_threads(),
+        "cpu_sec_per_epoch": round(m["cpu_sec_per_epoch"], 4),
         "sec_per_epoch_by_threads": {str(r[1] or torch.get_num_threads()): round(r[0], 4) for r in runs},
         "eval_seconds": round(eval_s, 4), "setup_seconds": round(m["setup_seconds"], 3),
         "peak_rss_mb": round(m["peak_rss_mb"], 1), "parameters": n_params,

@@ -78,6 +78,7 @@ class Recommender:
         self.metrics = {"model": self.model_name, "plugins": list(self.plugins), "dataset": dataset.name,
                         "best_epoch": r.best_epoch, "epochs": r.epochs_run, "stopped_early": r.stopped_early,
                         "valid": r.best_valid, "test": r.best_test, "sec_per_epoch": r.sec_per_epoch,
+                        "cpu_sec_per_epoch": r.cpu_sec_per_epoch,
                         "eval_seconds": r.eval_seconds, "setup_seconds": setup_seconds,
                         "peak_rss_mb": peak_rss_mb(), "data_path": data_path}
         if run_dir is not None and (dist is None or dist.rank == 0):

@@ -46,6 +46,11 @@ class FitResult:
         return float(np.mean(t)) if t else 0.0
 
     @property
+    def cpu_sec_per_epoch(self) -> float:
+        t = [h["train_cpu_seconds"] for h in self.history if "train_cpu_seconds" in h]
+        return float(np.mean(t)) if t else 0.0
+
+    @property
     def eval_seconds(self) -> float:
         t = [h["eval_seconds"] for h in self.history if "eval_seconds" in h]
         return float(np.median(t)) if t else 0.0
@@ -123,7 +128,7 @@ class Trainer:
     def _loop(self, epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main):
         cfg, model = self.config, self.model
         for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.train()
             model.on_epoch_start(epoch)
             total, n = 0.0, 0
@@ -143,6 +148,7 @@ class Trainer:
                 n += 1
             sched.step()
             train_seconds = time.perf_counter() - t0
+            cpu_seconds = time.process_time() - c0  # all threads' CPU time: a load-robust cost measure
             mean_loss = total / max(n, 1)
             diverged = not math.isfinite(mean_loss)
             if self.dist:  # every rank must stop together
@@ -151,6 +157,7 @@ class Trainer:
                 raise PrismrecError(f"training diverged at epoch {epoch}: loss is {mean_loss}; "
                                     "lower learning_rate or raise reg_weight")
             rec = self._evaluate_record(epoch, mean_loss, train_seconds)
+            rec["train_cpu_seconds"] = cpu_seconds
             rec["lr"] = opt.param_groups[0]["lr"]
             res.history.append(rec)
             value = rec["valid"][cfg.valid_metric]
