@@ -184,9 +184,16 @@ class MGCN(Model):
             h = self.item_graphs[m] @ h
         return h
 
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E_id [N + I, d]`` and the modalities' item views side by side ``[I, M·d]``."""
-        e_id = propagate(self.adj, self.embedding, self.config.num_ui_layers)
+    def propagate(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_id`` of ``rows`` (all ``N + I`` when None) ``[R, d]`` and the modalities' item views
+        side by side ``[I, M·d]``."""
+        if rows is None:
+            e_id = propagate(self.adj, self.embedding, self.config.num_ui_layers)
+        else:  # the layer mean of the needed rows only
+            layers = [self.embedding]
+            for _ in range(self.config.num_ui_layers):
+                layers.append(self.adj @ layers[-1])
+            e_id = sum(h[rows] for h in layers) / len(layers)
         return e_id, torch.cat([self.item_view(m) for m in self.modalities], dim=1)
 
     def user_item_rows(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -210,12 +217,11 @@ class MGCN(Model):
         # the fuser works row by row, so it runs only on the batch's users and items, and the
         # users' modality views R̂ Ē_{i,m} are only gathered for the batch's users
         cfg, b = self.config, len(batch.users)
-        e_id, items = self.propagate()
         users, u_at = torch.unique(batch.users, return_inverse=True)
         its, i_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
         i_at = i_at + len(users)
+        e_id, items = self.propagate(torch.cat([users, self.n_users + its]))  # [R, d], [I, M·d]
         views = torch.cat([self.user_item_rows(users, items), items[its]])    # [R, M·d]
-        e_id = e_id[torch.cat([users, self.n_users + its])]                  # [R, d]
         e_mul = self.fuse(e_id, views)
         e = e_id + e_mul
         u, p, n = e[u_at], e[i_at[:b]], e[i_at[b:]]
