@@ -39,7 +39,8 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (PrismrecError, KeyError, FileNotFoundError) as e:
-        fail(str(e).strip("'\""))
+        # KeyError quotes its message: show the message itself
+        fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
 
 
 def _collect_config(config: Optional[Path], sets: List[str]) -> dict:

@@ -40,6 +40,10 @@ def create_app(settings: ServeSettings | None = None, *, holder: StateHolder | N
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(api)
     app.include_router(admin)
+    music = holder.settings.music_bundle
+    if music is not None:
+        from prismrec.tasks.music.serving import router as music_router
+        app.include_router(music_router(music))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     _add_docs(app)

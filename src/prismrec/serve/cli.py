@@ -24,6 +24,8 @@ def register(app: typer.Typer) -> None:
         ef_search: int = typer.Option(64, help="HNSW search beam (higher: better recall, slower)"),
         threads: int = typer.Option(1, help="torch/faiss threads per request"),
         log_level: str = typer.Option("warning", help="uvicorn log level"),
+        music: Optional[Path] = typer.Option(None, "--music", help="also serve GET /music?video=ID&k=10 "
+                                             "from a bundle written by `prismrec music train`"),
     ):
         """Serve recommendations over HTTP: /recommend, /similar, /items, /explain, /metrics, a web page at /."""
         from prismrec.cli import _setup_logging, fail
@@ -34,7 +36,7 @@ def register(app: typer.Typer) -> None:
             from prismrec.serve.settings import ServeSettings
             settings = ServeSettings(bundle=bundle, host=host, port=port, admin_token=admin_token,
                                      ann_threshold=ann_threshold, ann_kind=ann_kind, hnsw_ef_search=ef_search,
-                                     torch_threads=threads)
+                                     torch_threads=threads, music_bundle=music)
         except pydantic.ValidationError as e:
             fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
         run(settings, log_level=log_level, guard=(PrismrecError, FileNotFoundError), fail=fail)
@@ -51,7 +53,7 @@ def run(settings, *, log_level: str = "warning", guard=(), fail=None) -> None:
     try:
         app = create_app(settings)
     except guard as e:
-        fail(str(e).strip("'\""))
+        fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
     faiss.omp_set_num_threads(settings.torch_threads)  # after the build, which uses every core
     typer.echo(f"serving {settings.bundle} on http://{settings.host}:{settings.port} (docs at /docs)", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False)

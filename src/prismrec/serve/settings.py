@@ -35,6 +35,8 @@ class ServeSettings(BaseSettings):
     # Each request scores one query; one torch thread per request avoids oversubscription
     # (the thread pool already runs requests in parallel).
     torch_threads: int = Field(1, ge=1)
+    # optional background-music bundle (`prismrec music train`): adds GET /music?video=ID&k=10
+    music_bundle: Path | None = None
 
     @field_validator("bundle")
     @classmethod

@@ -95,3 +95,16 @@ def test_cli_end_to_end(tmp_path):
     assert r.exit_code == 2 and "unknown music model 'cmvea'" in r.output
     r = runner.invoke(cli_app, ["music", "train", "--data", str(tmp_path / "nope"), "--model", "pop"])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_mounted_in_the_recommendation_service(bundle_dir, tmp_path):
+    """`prismrec serve RUN --music BUNDLE` serves /music beside /recommend."""
+    from prismrec import Recommender, make_synthetic
+    from prismrec.serve.app import create_app
+    from prismrec.serve.settings import ServeSettings
+    run = tmp_path / "rec"
+    Recommender("bpr", epochs=1).fit(make_synthetic(60, 40, seed=0), run_dir=run, show_progress=False)
+    client = TestClient(create_app(ServeSettings(bundle=run, music_bundle=bundle_dir)))
+    assert client.get("/music", params={"video": "v3", "k": 3}).status_code == 200
+    assert client.get("/recommend", params={"user": 0, "k": 3}).status_code == 200
+    assert "/music" in client.get("/openapi.json").json()["paths"]
