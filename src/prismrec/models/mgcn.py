@@ -172,14 +172,15 @@ class MGCN(Model):
     def lr_factor(self, epoch):
         return self.config.lr_decay ** (epoch / self.config.lr_decay_epochs)
 
-    def item_view(self, m: str) -> torch.Tensor:
+    def item_view(self, m: str, item_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Purified, item-item propagated modality embeddings of the items ``[I, d]``."""
+        item_emb = self.item_emb if item_emb is None else item_emb
         x, proj = self.features(m), self.proj[m]
         if x is getattr(self, f"feat_{m}") and x.requires_grad:  # the raw table itself (no plug-in in between)
             f = _TableProjection.apply(x, proj.weight, proj.bias, self._grad_buffers, m, self.bf16[m])
         else:
             f = proj(x)
-        h = self.item_emb * self.purifier[m](f)  # [I, d]
+        h = item_emb * self.purifier[m](f)  # [I, d]
         for _ in range(self.config.num_ii_layers):
             h = self.item_graphs[m] @ h
         return h
@@ -194,7 +195,8 @@ class MGCN(Model):
             for _ in range(self.config.num_ui_layers):
                 layers.append(self.adj @ layers[-1])
             e_id = sum(h[rows] for h in layers) / len(layers)
-        return e_id, torch.cat([self.item_view(m) for m in self.modalities], dim=1)
+        item_emb = self.item_emb  # one slice of the table for all modalities: one gradient scatter
+        return e_id, torch.cat([self.item_view(m, item_emb) for m in self.modalities], dim=1)
 
     def user_item_rows(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(R̂ @ x)[users]`` from those users' rows only (a batch touches ~10% of the users)."""
