@@ -52,7 +52,8 @@ def test_trains_and_reports_modality_signal(tiny, name, kw):
 
 
 def test_resume_state_round_trip(tiny):
-    rec = Recommender("vbpr", plugins=["erl"], epochs=2, checkpoint=False, batch_size=512).fit(tiny, show_progress=False)
+    rec = Recommender("vbpr", plugins=["erl"], epochs=2, checkpoint=False, batch_size=512)
+    rec.fit(tiny, show_progress=False)
     state = rec.model.extra_state()
     other = build("vbpr", tiny, ["erl"])
     other.load_extra_state(state)

@@ -194,10 +194,10 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     every modality carries information the others lack, except
     that for a known subset of items one modality is **pure noise**: ``noise_fraction`` of the
     items are split evenly between the ``noisy_modalities`` (default: all), and for the items
-    assigned to modality ``m``
-    the ``m`` features are Gaussian noise with ``noise_scale`` times the per-dimension standard
-    deviation of the clean ones (at 1, nothing but their lack of structure tells them apart). A static fusion must trust a modality equally
-    for every item; an item-specific one (MetaMMF) can ignore it where it is noise.
+    assigned to modality ``m`` the ``m`` features are Gaussian noise with ``noise_scale`` times
+    the per-dimension standard deviation of the clean ones (at 1, nothing but their lack of
+    structure tells them apart). A static fusion must trust a modality equally for every item;
+    an item-specific one (MetaMMF) could ignore it where it is noise.
 
     Args:
         n_users, n_items, interactions_per_user: size.

@@ -183,13 +183,17 @@ class MetaMMF(Model):
         feats = [self.features(m) for m in self.modalities]
         fixed = not any(f.requires_grad for f in feats)
         if not (fixed and self._inputs is not None and all(a is b for a, b in zip(self._inputs[0], feats))):
-            parts = [f if not hasattr(self, f"pca_{m}") else (f - getattr(self, f"pca_mean_{m}")) @ getattr(self, f"pca_{m}")
-                     for m, f in zip(self.modalities, feats)]
+            parts = [self._project(m, f) for m, f in zip(self.modalities, feats)]
             out = torch.cat(parts, dim=1)
             if not fixed:
                 return out if items is None else out[items]
             self._inputs = (feats, out)
         return self._inputs[1] if items is None else self._inputs[1][items]
+
+    def _project(self, m: str, f: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, f"pca_{m}"):
+            return f
+        return (f - getattr(self, f"pca_mean_{m}")) @ getattr(self, f"pca_{m}")
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``v_i = [fused ; ID]`` before the backbone ``[len(items), d]``."""

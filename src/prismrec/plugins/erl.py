@@ -24,7 +24,8 @@ modality ``m`` (raw feature ``f_m``):
 explodes nor vanishes; ``W^o`` starts at zero, so the wrapped model starts as the host). Loss:
 
 .. math::
-    L = L_{host} + \\lambda_{phase} \\frac{1}{|B|} \\sum_i \\sum_{m<m'} \\overline{1 - \\cos(\\theta_{im} - \\theta_{im'})}
+    L = L_{host} + \\lambda_{phase} \\frac{1}{|B|} \\sum_i \\sum_{m<m'}
+        \\overline{1 - \\cos(\\theta_{im} - \\theta_{im'})}
         + \\lambda_{uni} \\sum_m \\mathrm{BPR}(q_u^\\top P_m c_{i^+ m}, q_u^\\top P_m c_{i^- m})
 
 with the plug-in's own user vectors ``q_u`` and unimodal heads ``P_m`` (each modality must rank
