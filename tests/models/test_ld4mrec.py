@@ -40,14 +40,14 @@ def test_config_validation_names_the_field():
         LD4MRecConfig(t_sampling="zipf")
     with pytest.raises(ValueError, match="steps"):
         LD4MRecConfig(steps=1)
-    with pytest.raises(ConfigError, match="recon_loss"):
-        Recommender("ld4mrec", recon_loss="hinge")
+    with pytest.raises(ConfigError, match="t_in"):
+        Recommender("ld4mrec", t_in="last")
 
 
 @pytest.mark.parametrize("switches", [
     dict(collab_signal=False), dict(modality_signal=False), dict(collab_signal=False, modality_signal=False),
     dict(t_sampling="importance", t_in="vector", forward_free_weight=0.5), dict(t_sampling="ema", t_in="first"),
-    dict(latent_noise=False, input_norm=True, soft_prob=0.3, loss_sum=True), dict(recon_loss="multinomial"),
+    dict(latent_noise=False, input_norm=True, soft_prob=0.3, loss_sum=True), dict(svd_norm=False, collab_head=False), dict(collab_signal=False, collab_head=True),
 ])
 def test_every_switch_trains_and_scores(tiny, switches):
     torch.manual_seed(0)
@@ -90,3 +90,16 @@ def test_uses_modality_features_through_the_contract(tiny):
         m.feat_image.mul_(3.0)
         after = m.score(torch.arange(4))
     assert not torch.allclose(before, after)
+
+
+def test_collaborative_head_starts_as_the_ideal_low_pass_filter(tiny):
+    """svd_in · svd_outᵀ = D_I^-½ V_k V_kᵀ D_I^½ of the normalised train matrix (GF-CF)."""
+    m = build_model("ld4mrec", tiny, LD4MRecConfig(svd_k=8, hidden_dim=16, embedding_dim=8))
+    r = tiny.train.toarray().astype(np.float64)
+    du, di = r.sum(1), r.sum(0)
+    inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0)  # noqa: E731
+    _, _, vt = np.linalg.svd(inv(du)[:, None] * r * inv(di)[None], full_matrices=False)
+    v = vt[:8].T
+    expected = (inv(di)[:, None] * v) @ (np.sqrt(di)[:, None] * v).T
+    np.testing.assert_allclose((m.svd_in @ m.svd_out.T).numpy(), expected, atol=1e-4)
+    assert torch.all(m.collab_scale == 1) and torch.all(m.collab_out.weight == 0)

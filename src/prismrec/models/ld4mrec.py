@@ -16,14 +16,13 @@ from prismrec.graphs import SparseMatrix
 from prismrec.models.base import Model, ModelConfig, register
 
 T_SAMPLING = ("uniform", "importance", "ema")
-RECON = ("mse", "multinomial")
 T_IN = ("learned", "first", "vector")
 SCHEDULES = ("closed_form", "clamped")
 
 
 @dataclass(frozen=True)
 class LD4MRecConfig(ModelConfig):
-    hidden_dim: int = 512                       # H of C-Net (spec §7)
+    hidden_dim: int = 128                       # H of C-Net (spec §7 proposes 512; 128 was better on baby-like)
     num_layers: int = 2                         # conditional residual blocks
     embedding_dim: int = 64                     # projection of each modality preference
     dropout: float = tunable(0.1, 0.0, 0.5)     # inside the blocks
@@ -33,8 +32,10 @@ class LD4MRecConfig(ModelConfig):
     noise_min: float = 1e-3                     # α_min
     schedule: str = "closed_form"               # "clamped": the OrangeAI re-implementation's β clamp
     smoothing: float = tunable(0.05, 0.0, 0.2)  # γ of the soft target (0 = hard reconstruction)
-    soft_prob: float = 0.0                      # p: observed 1s given the soft target 0.5 with this prob.
-    svd_k: int = 64                             # rank of the collaborative condition
+    soft_prob: float = 0.0                      # p: observed 1s get the target 0.5 with this probability
+    svd_k: int = tunable(64, 16, 256, log=True)  # rank of the collaborative signal
+    svd_norm: bool = True                       # SVD of D_u^-½ R D_i^-½ (GF-CF's) instead of R (spec)
+    collab_head: bool = True                    # decode the signal through the SVD item factors (ours)
     collab_signal: bool = True                  # ablation switches (paper: each one helps)
     modality_signal: bool = True
     t_sampling: str = "uniform"                 # "importance": DiffRec √E[L_t²]; "ema": OrangeAI
@@ -43,17 +44,17 @@ class LD4MRecConfig(ModelConfig):
     input_norm: bool = False                    # L2-normalise x before W_in (DiffRec option)
     latent_noise: bool = True                   # sample W_in ε in H dims (same distribution, I/H cheaper)
     loss_sum: bool = False                      # sum the MSE over items instead of the mean (DiffRec: mean)
-    recon_loss: str = "mse"                     # "multinomial": -Σ y log softmax(ŷ), y label-smoothed
 
     def __post_init__(self):
-        for name, allowed in (("t_sampling", T_SAMPLING), ("t_in", T_IN), ("schedule", SCHEDULES),
-                              ("recon_loss", RECON)):
+        for name, allowed in (("t_sampling", T_SAMPLING), ("t_in", T_IN), ("schedule", SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.steps < 2:
             raise ValueError(f"steps must be >= 2, got {self.steps}")
         if not 0 < self.noise_scale <= 1 or not 0 < self.noise_min < 1:
             raise ValueError("noise_scale must be in (0, 1] and noise_min in (0, 1)")
+        if self.svd_k < 1:
+            raise ValueError(f"svd_k must be >= 1, got {self.svd_k}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -87,20 +88,32 @@ class LD4MRec(Model):
     ``specs/ld4mrec.md``'s and each is a config switch.
 
     .. math::
-        x_t = \\sqrt{\\bar\\alpha_t} x_u + \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon, \\quad
-        1-\\bar\\alpha_t = s\\,[\\alpha_{min} + \\tfrac{t-1}{T-1}(1-\\alpha_{min})] \\\\
-        g = W_c [c_u^{cf} ; W_m e_{u,m}]_m + W_\\tau \\tau(t), \\quad
-        e_{u,m} = \\sum_{i \\in N_u} \\tfrac{f_{i,m}}{\\sqrt{|N_u||N_i|}} \\\\
-        \\mathcal L = \\tfrac{1}{I}\\|\\mathrm{CNet}(x_t, t, g) - ((1-\\gamma) x_u + \\gamma (1 - x_u))\\|^2,
-        \\quad \\hat y_u = \\mathrm{CNet}(x_u, t_{in}, g)
+        x_t = \sqrt{\bar\alpha_t} x_u + \sqrt{1-\bar\alpha_t}\,\epsilon, \quad
+        1-\bar\alpha_t = s\,[\alpha_{min} + \tfrac{t-1}{T-1}(1-\alpha_{min})] \\
+        g = W_c [c_u^{cf} ; W_m e_{u,m}]_m + W_\tau \tau(t), \quad
+        e_{u,m} = \sum_{i \in N_u} \tfrac{f_{i,m}}{\sqrt{|N_u||N_i|}}, \quad
+        h = \mathrm{Blocks}(W_{in} x_t + b, g) \\
+        \mathrm{CNet}(x_t, t, g) = W_{out} h + b' + \big(a \odot (x_t D_I^{-1/2} V_k) + W_z h\big)
+            (D_I^{1/2} V_k)^\top \\
+        \mathcal L = \tfrac{1}{I}\|\mathrm{CNet}(x_t, t, g) - ((1-\gamma) x_u + \gamma (1 - x_u))\|^2,
+        \quad \hat y_u = \mathrm{CNet}(x_u, t_{in}, g)
 
-    ``c_u^{cf}`` is the user's row of ``U_k S_k^{1/2}`` from a truncated SVD of the train matrix,
-    scaled to unit variance (computed once, stored as a buffer). ``t_in`` is a learnable
-    (fractional) step fed through the sinusoidal embedding, initialised at the first step;
-    it only receives a gradient from the optional forward-free term ``forward_free_weight``.
+    The collaborative signal comes from one truncated SVD ``U_k S_k V_kᵀ`` of the normalised
+    train matrix ``D_U^{-1/2} R D_I^{-1/2}`` (``svd_norm``; the spec's plain ``R`` is an option),
+    computed once and kept as buffers. It guides C-Net twice: ``c_u^{cf} = U_k S_k^{1/2}``
+    (unit variance) in the condition, as the spec proposes, and (``collab_head``, our choice)
+    in item space: the last term decodes the behaviour's low-pass projection through the SVD
+    item factors. With ``a = 1``, ``W_z = 0`` (the initialisation) that term is GF-CF's ideal
+    low-pass filter (Shen et al., CIKM 2021), so C-Net learns a correction of a strong
+    collaborative prior; without it, the item-specific ``W_in``/``W_out`` overfit the sparse
+    Amazon-like data (baby-like: R@20 well below LightGCN's). ``t_in`` is a learnable (fractional)
+    step fed through the sinusoidal embedding, initialised at the first step; it only receives
+    a gradient from the optional forward-free term ``forward_free_weight``. The behaviour
+    input is dropped out (``input_dropout``) before it is noised.
 
     Shapes:
-        x_u, x_t, ŷ_u [B, n_items]; W_in [n_items, H]; W_out [H, n_items]; g [B, H].
+        x_u, x_t, ŷ_u [B, n_items]; W_in [n_items, H]; W_out [H, n_items]; g, h [B, H];
+        V_k [n_items, k]; c^{cf} [n_users, k].
     """
 
     name = "ld4mrec"
@@ -108,7 +121,7 @@ class LD4MRec(Model):
     Config = LD4MRecConfig
     sampler = "users"
     uses_features = True
-    train_defaults = {"batch_size": 400}   # users per batch (spec §6: 400-2048)
+    train_defaults = {"batch_size": 400, "weight_decay": 1e-5}   # users per batch (spec §6: 400-2048)
 
     def setup(self, dataset):
         c, hid = self.config, self.config.hidden_dim
@@ -118,10 +131,9 @@ class LD4MRec(Model):
         inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0).astype(np.float32)  # noqa: E731
         self.norm_csr = sp.csr_matrix(sp.diags(inv(du)) @ self.train_csr @ sp.diags(inv(di)), dtype=np.float32)
         cond_dim = 0
-        if c.collab_signal:
-            k = max(1, min(c.svd_k, min(self.train_csr.shape) - 1))
-            self.register_buffer("cf", self._svd_factors(k))           # [n_users, k]
-            cond_dim += k
+        if c.collab_signal or c.collab_head:
+            self._svd(c, di, inv(di))
+            cond_dim += self.cf.shape[1] if c.collab_signal else 0
         mods = self.modalities if c.modality_signal else []
         self.mod_proj = nn.ModuleDict({m: nn.Linear(d, c.embedding_dim) for m, d in self.feature_dims().items()
                                        if m in mods})
@@ -131,6 +143,11 @@ class LD4MRec(Model):
         self.time = nn.Linear(hid, hid)
         self.blocks = nn.ModuleList(CondBlock(hid, c.dropout) for _ in range(c.num_layers))
         self.w_out = nn.Linear(hid, self.n_items)
+        if c.collab_head:
+            k = self.svd_in.shape[1]
+            self.collab_scale = nn.Parameter(torch.ones(k))        # starts as GF-CF's ideal low-pass filter
+            self.collab_out = nn.Linear(hid, k, bias=False)
+            nn.init.zeros_(self.collab_out.weight)
         self.t_in = nn.Parameter(torch.zeros(hid if c.t_in == "vector" else 1), requires_grad=c.t_in != "first")
         if c.t_in == "vector":
             with torch.no_grad():
@@ -139,11 +156,25 @@ class LD4MRec(Model):
         self.register_buffer("loss_hist", torch.zeros(c.steps, 10))     # importance sampling history
         self.register_buffer("loss_count", torch.zeros(c.steps, dtype=torch.long))
 
-    def _svd_factors(self, k: int) -> torch.Tensor:
-        v0 = np.random.default_rng(0).random(min(self.train_csr.shape))   # fixed start: deterministic
-        u, s, _ = svds(self.train_csr.astype(np.float64), k=k, v0=v0)
-        cf = (u * np.sqrt(s))[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(cf / (cf.std() + 1e-12), dtype=np.float32))
+    def _svd(self, c: LD4MRecConfig, di: np.ndarray, di_inv_sqrt: np.ndarray) -> None:
+        """Truncated SVD ``M ≈ U_k S_k V_kᵀ`` of ``M = D_u^-½ R D_i^-½`` (or ``R``), computed once.
+
+        Buffers: ``cf = U_k S_k^½`` (unit variance) [n_users, k], the condition; ``svd_in``
+        [I, k] and ``svd_out`` [I, k] with ``x svd_in svd_outᵀ`` GF-CF's ideal low-pass filter
+        ``x D_i^-½ V_k V_kᵀ D_i^½`` (or ``x V_k V_kᵀ``).
+        """
+        m = self.norm_csr if c.svd_norm else self.train_csr
+        k = max(1, min(c.svd_k, min(m.shape) - 1))
+        v0 = np.random.default_rng(0).random(min(m.shape))                # fixed start: deterministic
+        u, s, vt = svds(m.astype(np.float64), k=k, v0=v0)
+        order = np.argsort(-s)
+        u, s, v = u[:, order], s[order], vt[order].T
+        cf = u * np.sqrt(s)
+        f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+        self.register_buffer("cf", f32(cf / (cf.std() + 1e-12)))
+        scale_in, scale_out = (di_inv_sqrt, np.sqrt(di)) if c.svd_norm else (1.0, 1.0)
+        self.register_buffer("svd_in", f32(v * np.reshape(scale_in, (-1, 1))))
+        self.register_buffer("svd_out", f32(v * np.reshape(scale_out, (-1, 1))))
 
     def _schedule(self) -> torch.Tensor:
         c = self.config
@@ -157,7 +188,7 @@ class LD4MRec(Model):
     # -- conditioning ------------------------------------------------------------------------------
     def condition(self, users: torch.Tensor) -> torch.Tensor | None:
         """Collaborative + modality-preference condition ``[B, H]`` (None when both are off)."""
-        parts = [self.cf[users]] if self.config.collab_signal else []
+        parts = [self.cf[users]] if self.config.collab_signal else []                # [B, k]
         if len(self.mod_proj):
             sub = self.norm_csr[users.cpu().numpy()]
             uniq, inv = np.unique(sub.indices, return_inverse=True)     # only the batch users' items
@@ -182,13 +213,39 @@ class LD4MRec(Model):
         rows = sp.csr_matrix((data.numpy(), rows.indices, rows.indptr), shape=rows.shape)
         return SparseMatrix(rows, symmetric=False).to(self.w_in.weight.device)
 
-    def cnet(self, h: torch.Tensor, tau: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-        """C-Net after the input map: ``h = W_in x [B, H]``, time embedding ``tau [B|1, H]`` -> ``[B, I]``."""
+    def cnet(self, h: torch.Tensor, tau: torch.Tensor, g: torch.Tensor | None,
+             z: torch.Tensor | None = None) -> torch.Tensor:
+        """C-Net after the input map: ``h = W_in x [B, H]``, time embedding ``tau [B|1, H]``,
+        condition ``g [B, H]`` and (``collab_head``) ``z = x svd_in [B, k]`` -> ``[B, I]``."""
         g = self.time(tau) if g is None else g + self.time(tau)
         g = g.expand(len(h), -1)
         for block in self.blocks:
             h = block(h, g)
-        return self.w_out(h)
+        out = self.w_out(h)
+        if z is not None:          # collaborative guidance in item space, corrected by the latent
+            out = out + (self.collab_scale * z + self.collab_out(h)) @ self.svd_out.T
+        return out
+
+    def encode(self, x: SparseMatrix, t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_in x_t + b [B, H], x_t svd_in [B, k] or None)``; without ``t`` the input is not noised.
+
+        ``x_t = √ᾱ_t x + √(1-ᾱ_t) ε``. With ``latent_noise`` the noise enters as ``L z`` with
+        ``L Lᵀ = W Wᵀ`` (``W`` = ``W_in`` stacked on ``svd_inᵀ``) and ``z ~ N(0, I)``: exactly the
+        joint distribution of ``W ε`` (so the same expected loss and gradient) without an
+        ``[B, I]`` dense noise matrix and product.
+        """
+        w = self.w_in.weight if not self.config.collab_head else torch.cat([self.w_in.weight, self.svd_in.T])
+        out = x @ w.T                                                                  # [B, H (+k)]
+        if t is not None:
+            ab = self.alpha_bar[t][:, None]
+            if self.config.latent_noise:
+                cov = w @ w.T + 1e-6 * torch.eye(len(w), device=w.device)
+                noise = torch.randn(len(t), len(w), device=w.device) @ torch.linalg.cholesky(cov).T
+            else:
+                noise = torch.randn(len(t), w.shape[1], device=w.device) @ w.T
+            out = ab.sqrt() * out + (1 - ab).sqrt() * noise
+        hid = self.config.hidden_dim
+        return out[:, :hid] + self.w_in.bias, (out[:, hid:] if self.config.collab_head else None)
 
     def _tau_in(self) -> torch.Tensor:
         if self.config.t_in == "vector":
@@ -219,40 +276,16 @@ class LD4MRec(Model):
             self.loss_count[s] += 1
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
-        """Soft reconstruction target from the observed (binary) vector ``x`` ``[B, I]``.
-
-        MSE: ``(1-γ) x + γ (1-x)``; multinomial: the label-smoothed distribution
-        ``(1-γ) x/|x| + γ/I``. With ``soft_prob`` p, each observed 1 is first softened to 0.5.
-        """
+        """Soft reconstruction target ``(1-γ) x + γ (1-x)`` of the observed (binary) ``x [B, I]``;
+        with ``soft_prob`` p each observed 1 is first softened to 0.5."""
         c = self.config
         if c.soft_prob > 0:
             x = torch.where((x > 0) & (torch.rand_like(x) < c.soft_prob), 0.5 * x, x)
-        if c.recon_loss == "multinomial":
-            return (1 - c.smoothing) * x / x.sum(1, keepdim=True).clamp_min(1e-12) + c.smoothing / x.shape[1]
         return (1 - c.smoothing) * x + c.smoothing * (1 - x)
 
     def _mse(self, pred, y):
-        """Per-user reconstruction loss ``[B]`` (MSE, or multinomial cross-entropy)."""
-        if self.config.recon_loss == "multinomial":
-            return -(y * F.log_softmax(pred, dim=1)).sum(1)
-        se = (pred - y).pow(2)
+        se = (pred - y).pow(2)                                                         # [B, I]
         return se.sum(1) if self.config.loss_sum else se.mean(1)
-
-    def noised_input(self, x: SparseMatrix, t: torch.Tensor) -> torch.Tensor:
-        """``W_in x_t + b`` for ``x_t = √ᾱ_t x + √(1-ᾱ_t) ε`` ``[B, H]``.
-
-        With ``latent_noise`` the noise enters as ``L z`` with ``L Lᵀ = W_in W_inᵀ`` and
-        ``z ~ N(0, I_H)``: exactly the distribution of ``W_in ε`` (so the same expected loss and
-        gradient) without an ``[B, I]`` dense noise matrix and product.
-        """
-        w = self.w_in.weight                                                        # [H, I]
-        ab = self.alpha_bar[t][:, None]
-        if self.config.latent_noise:
-            cov = w @ w.T + 1e-6 * torch.eye(len(w), device=w.device)
-            noise = torch.randn(len(t), len(w), device=w.device) @ torch.linalg.cholesky(cov).T
-        else:
-            noise = torch.randn(len(t), w.shape[1], device=w.device) @ w.T
-        return ab.sqrt() * (x @ w.T) + (1 - ab).sqrt() * noise + self.w_in.bias
 
     def loss(self, batch):
         users = batch.users
@@ -260,14 +293,14 @@ class LD4MRec(Model):
         x_in = self.behaviour_input(users)
         t = self._sample_t(len(users))
         g, y = self.condition(users), self.target(x0)
-        h = self.noised_input(x_in, t)
-        per_user = self._mse(self.cnet(h, timestep_embedding(t, self.config.hidden_dim), g), y)
+        h, z = self.encode(x_in, t)
+        per_user = self._mse(self.cnet(h, timestep_embedding(t, self.config.hidden_dim), g, z), y)
         if self.config.t_sampling != "uniform":
             self._record(t, per_user)
         loss = per_user.mean()
         if self.config.forward_free_weight > 0:
-            ff = self._mse(self.cnet(x_in @ self.w_in.weight.T + self.w_in.bias, self._tau_in(), g), y).mean()
-            loss = loss + self.config.forward_free_weight * ff
+            h, z = self.encode(x_in)
+            loss = loss + self.config.forward_free_weight * self._mse(self.cnet(h, self._tau_in(), g, z), y).mean()
         return loss
 
     # -- inference ---------------------------------------------------------------------------------
@@ -276,5 +309,5 @@ class LD4MRec(Model):
 
     def score(self, users):
         """Forward-free, one-step: the observed train vector goes straight into C-Net at ``t_in``."""
-        x = self.behaviour_input(users)
-        return self.cnet(x @ self.w_in.weight.T + self.w_in.bias, self._tau_in(), self.condition(users))
+        h, z = self.encode(self.behaviour_input(users))
+        return self.cnet(h, self._tau_in(), self.condition(users), z)
