@@ -88,15 +88,15 @@ class LD4MRec(Model):
     ``specs/ld4mrec.md``'s and each is a config switch.
 
     .. math::
-        x_t = \sqrt{\bar\alpha_t} x_u + \sqrt{1-\bar\alpha_t}\,\epsilon, \quad
-        1-\bar\alpha_t = s\,[\alpha_{min} + \tfrac{t-1}{T-1}(1-\alpha_{min})] \\
-        g = W_c [c_u^{cf} ; W_m e_{u,m}]_m + W_\tau \tau(t), \quad
-        e_{u,m} = \sum_{i \in N_u} \tfrac{f_{i,m}}{\sqrt{|N_u||N_i|}}, \quad
-        h = \mathrm{Blocks}(W_{in} x_t + b, g) \\
-        \mathrm{CNet}(x_t, t, g) = W_{out} h + b' + \big(a \odot (x_t D_I^{-1/2} V_k) + W_z h\big)
-            (D_I^{1/2} V_k)^\top \\
-        \mathcal L = \tfrac{1}{I}\|\mathrm{CNet}(x_t, t, g) - ((1-\gamma) x_u + \gamma (1 - x_u))\|^2,
-        \quad \hat y_u = \mathrm{CNet}(x_u, t_{in}, g)
+        x_t = \\sqrt{\\bar\\alpha_t} x_u + \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon, \\quad
+        1-\\bar\\alpha_t = s\\,[\\alpha_{min} + \\tfrac{t-1}{T-1}(1-\\alpha_{min})] \\\\
+        g = W_c [c_u^{cf} ; W_m e_{u,m}]_m + W_\\tau \\tau(t), \\quad
+        e_{u,m} = \\sum_{i \\in N_u} \\tfrac{f_{i,m}}{\\sqrt{|N_u||N_i|}}, \\quad
+        h = \\mathrm{Blocks}(W_{in} x_t + b, g) \\\\
+        \\mathrm{CNet}(x_t, t, g) = W_{out} h + b' + \\big(a \\odot (x_t D_I^{-1/2} V_k) + W_z h\\big)
+            (D_I^{1/2} V_k)^\\top \\\\
+        \\mathcal L = \\tfrac{1}{I}\\|\\mathrm{CNet}(x_t, t, g) - ((1-\\gamma) x_u + \\gamma (1 - x_u))\\|^2,
+        \\quad \\hat y_u = \\mathrm{CNet}(x_u, t_{in}, g)
 
     The collaborative signal comes from one truncated SVD ``U_k S_k V_kᵀ`` of the normalised
     train matrix ``D_U^{-1/2} R D_I^{-1/2}`` (``svd_norm``; the spec's plain ``R`` is an option),
