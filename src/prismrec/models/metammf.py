@@ -141,7 +141,8 @@ class MetaMMF(Model):
 
     Choices where the paper or its code is silent or differs: ``f_i`` concatenates each
     modality's PCA projection to ``pca_dim`` components (the released code's preprocessing;
-    narrower modalities enter raw); the shared MMRec sampler draws one negative per positive
+    narrower modalities enter raw), each block scaled to unit RMS row norm (Amazon image PCA
+    components are ~40x larger than text ones, which would otherwise drown the text); the shared MMRec sampler draws one negative per positive
     each epoch (the code pre-samples five once); Adam weight decay 1e-6, batch 3000 as in the
     code. ``cp_rank > 0`` (model ``metammf-cp``) factorises every meta tensor by CP.
 
@@ -168,6 +169,8 @@ class MetaMMF(Model):
                 _, _, v = torch.svd_lowrank(f - mean, q=k + 10, niter=6)
                 self.register_buffer(f"pca_{m}", v[:, :k].contiguous())
                 self.register_buffer(f"pca_mean_{m}", mean)
+            # unit RMS row norm per modality: no modality dominates the fusion input by its units
+            self.register_buffer(f"scale_{m}", self._project(m, f).pow(2).sum(1).mean().rsqrt())
             self.blocks[m] = slice(start, start + k)
             start += k
         self.fusion = MetaFusion(start, cfg.embedding_dim - cfg.id_dim, cfg)
@@ -191,9 +194,11 @@ class MetaMMF(Model):
         return self._inputs[1] if items is None else self._inputs[1][items]
 
     def _project(self, m: str, f: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, f"pca_{m}"):
-            return f
-        return (f - getattr(self, f"pca_mean_{m}")) @ getattr(self, f"pca_{m}")
+        """Modality ``m``'s block of ``f_i``: PCA-projected (wide modalities) and scaled."""
+        if hasattr(self, f"pca_{m}"):
+            f = (f - getattr(self, f"pca_mean_{m}")) @ getattr(self, f"pca_{m}")
+        scale = getattr(self, f"scale_{m}", None)
+        return f if scale is None else f * scale
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``v_i = [fused ; ID]`` before the backbone ``[len(items), d]``."""
