@@ -82,3 +82,8 @@ def test_target_dropout_is_seeded(tiny):
     torch.manual_seed(5)
     torch.testing.assert_close(model.loss(b), a)
     assert not torch.allclose(model.loss(b), a)  # a fresh mask changes the targets
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="dropout"):
+        BM3Config(dropout=1.0)

@@ -99,3 +99,10 @@ def test_modality_loss_matches_full_projection(tiny):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     for g0, g1 in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-7)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="dropout"):
+        FREEDOMConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="num_mm_layers"):
+        FREEDOMConfig(num_mm_layers=0)

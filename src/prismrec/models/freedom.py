@@ -36,6 +36,9 @@ class FREEDOMConfig(ModelConfig):
             raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
         if self.knn_k < 1:
             raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if self.num_mm_layers < 1 or self.num_ui_layers < 0:
+            raise ValueError(f"num_mm_layers must be >= 1 and num_ui_layers >= 0, got "
+                             f"{self.num_mm_layers} and {self.num_ui_layers}")
 
 
 def modality_weights(modalities: list[str], mm_image_weight: float, explicit: tuple[float, ...] = ()) -> list[float]:
