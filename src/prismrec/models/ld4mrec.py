@@ -121,7 +121,7 @@ class LD4MRec(Model):
     Config = LD4MRecConfig
     sampler = "users"
     uses_features = True
-    train_defaults = {"batch_size": 400, "weight_decay": 1e-5}   # users per batch (spec §6: 400-2048)
+    train_defaults = {"batch_size": 400}   # users per batch (spec §6: 400-2048)
 
     def setup(self, dataset):
         c, hid = self.config, self.config.hidden_dim
