@@ -83,14 +83,16 @@ def _baseline(f: torch.Tensor, baseline: str) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _swapped(model: Model, m: str, values: torch.Tensor):
-    """Temporarily replace the raw features of modality ``m`` (a buffer or a trainable table)."""
-    f = _feature_tensor(model, m)
-    old = f.data
-    f.data = values.detach().contiguous()
+    """Temporarily replace the raw features of modality ``m`` (a buffer or a trainable table) by a
+    new tensor object, so that caches keyed on the features' identity are not reused."""
+    name, f = f"feat_{m}", _feature_tensor(model, m)
+    new = values.detach().contiguous()
+    setattr(model, name, torch.nn.Parameter(new, requires_grad=f.requires_grad)
+            if isinstance(f, torch.nn.Parameter) else new)
     try:
         yield
     finally:
-        f.data = old
+        setattr(model, name, f)
 
 
 def pair_scores(model: Model, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
