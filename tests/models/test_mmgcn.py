@@ -43,7 +43,7 @@ def reference(model, dataset):
 @pytest.mark.parametrize("learn", [False, True])
 def test_matches_mmrec_forward(wide, learn):
     torch.manual_seed(0)
-    cfg = MMGCNConfig(raw_max_dim=75, latent_dim=32, bf16=False, learn_embeddings=learn)
+    cfg = MMGCNConfig(raw_max_dim=75, latent_dim=32, feature_precision="float32", learn_embeddings=learn)
     model = build_model("mmgcn", wide, cfg)
     assert model.gcn["image"].mlp is not None and model.gcn["text"].mlp is None
     u, i = model.embeddings()
@@ -59,9 +59,9 @@ def test_matches_mmrec_forward(wide, learn):
 
 def test_bf16_close_to_fp32(wide):
     torch.manual_seed(0)
-    fp = build_model("mmgcn", wide, MMGCNConfig(raw_max_dim=75, latent_dim=96, bf16=False))
+    fp = build_model("mmgcn", wide, MMGCNConfig(raw_max_dim=75, latent_dim=96, feature_precision="float32"))
     torch.manual_seed(0)
-    bf = build_model("mmgcn", wide, MMGCNConfig(raw_max_dim=75, latent_dim=96, bf16=True))
+    bf = build_model("mmgcn", wide, MMGCNConfig(raw_max_dim=75, latent_dim=96, feature_precision="bfloat16"))
     (u1, i1), (u2, i2) = fp.embeddings(), bf.embeddings()
     s1, s2 = u1 @ i1.T, u2 @ i2.T
     assert torch.corrcoef(torch.stack([s1.ravel(), s2.ravel()]))[0, 1] > 0.99

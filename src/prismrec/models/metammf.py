@@ -10,7 +10,7 @@ from torch import nn
 
 from prismrec.graphs import SparseMatrix, mean_aggregators
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot
+from prismrec.models.layers import bpr_loss, dot, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class MetaMMFConfig(ModelConfig):
     dropout: tuple[float, ...] = (0.5, 0.2)   # after GraphSAGE layers 1 and 2
     cp_rank: int = 0                          # 0: full meta tensors; R > 0: CP-decomposed (light variant)
     cp_mode: str = "cp"                       # "cp" (true CP) or "released" (the code's rank-1-in-s form)
-    bf16: bool = True                         # bfloat16 products in the fusion net (fp32 accumulate)
+    feature_precision: str = "auto"           # fusion-net products in bfloat16 ("auto": where native)
 
     def __post_init__(self):
         if not 0 < self.id_dim < self.embedding_dim:
@@ -35,6 +35,8 @@ class MetaMMFConfig(ModelConfig):
             raise ValueError(f"cp_mode must be 'cp' or 'released', got {self.cp_mode!r}")
         if len(self.dropout) != 2 or not all(0 <= p < 1 for p in self.dropout):
             raise ValueError(f"dropout must be two values in [0, 1), got {self.dropout}")
+        if self.feature_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
         if min(self.meta_dim, self.pca_dim, *self.fusion_hidden) < 1 or self.cp_rank < 0:
             raise ValueError("meta_dim, pca_dim, fusion_hidden must be >= 1 and cp_rank >= 0")
 
@@ -103,7 +105,8 @@ class MetaFusion(nn.Module):
         super().__init__()
         self.extractor = nn.Sequential(nn.Linear(f_dim, f_dim), nn.ReLU(), nn.Linear(f_dim, cfg.meta_dim))
         dims = [f_dim, *cfg.fusion_hidden, n_out]
-        self.layers = nn.ModuleList(MetaLayer(cfg.meta_dim, a, b, cfg.cp_rank, cfg.cp_mode, cfg.bf16)
+        bf16 = resolve_precision(cfg.feature_precision) == torch.bfloat16
+        self.layers = nn.ModuleList(MetaLayer(cfg.meta_dim, a, b, cfg.cp_rank, cfg.cp_mode, bf16)
                                     for a, b in zip(dims, dims[1:]))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
