@@ -42,8 +42,8 @@ def main(dataset: str = "baby-like") -> Path:
             return
         lines.extend([f"## {title}", "",
                       "| run | epochs | best epoch | test R@20 | MMRec R@20 | ratio | test N@20 | MMRec N@20 | ratio "
-                      "| s/epoch (threads) | MMRec s/epoch (best) | target | eval s | peak RSS MB | load |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"])
+                      "| s/epoch (threads) | CPU s/epoch | MMRec s/epoch (best) | target | eval s | peak RSS MB | load |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"])
         for name, r in rows:
             model = r["model"]
             ref = peers.get(ref_key, {}).get(model, {}) if not r.get("plugins") else {}
@@ -55,7 +55,8 @@ def main(dataset: str = "baby-like") -> Path:
                 name, fmt(r["epochs"]), fmt(r["best_epoch"]), fmt(t.get("recall@20")), fmt(ref.get("recall@20")),
                 ratio(t.get("recall@20"), ref.get("recall@20")), fmt(t.get("ndcg@20")), fmt(ref.get("ndcg@20")),
                 ratio(t.get("ndcg@20"), ref.get("ndcg@20")),
-                f"{fmt(r['sec_per_epoch'], 2)} ({r.get('threads', '?')})", fmt(mm_best, 1),
+                f"{fmt(r['sec_per_epoch'], 2)} ({r.get('threads', '?')})", fmt(r.get("cpu_sec_per_epoch"), 2),
+                fmt(mm_best, 1),
                 fmt(sp.get("target_sec_per_epoch"), 1), fmt(r.get("eval_seconds"), 3), fmt(r.get("peak_rss_mb"), 0),
                 fmt((r.get("load_avg") or [None])[0], 1)]) + " |")
         lines.append("")
