@@ -53,7 +53,7 @@ def test_loss_matches_mmrec_formulation(tiny):
         u_o, i_o = model.online()
         u_t, i_t = u_o.detach()[b.users], i_o.detach()[b.pos_items]
         u_p, i_p = model.predictor(u_o)[b.users], model.predictor(i_o)[b.pos_items]
-        c = lambda x, y: 1 - F.cosine_similarity(x, y, dim=-1).mean()  # noqa: E731
+        c = lambda x, y: 1 - F.cosine_similarity(x, y, dim=-1).mean()
         cl = 0.0
         for m in model.modalities:
             z = model.proj[m](model.features(m))

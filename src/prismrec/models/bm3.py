@@ -103,7 +103,7 @@ class BM3(Model):
         loss = _neg_cos(p_u, t_i) + _neg_cos(p_i, t_u)
         cl = 0.0
         for m in self.modalities:
-            z = chunked_rows(lambda s: self.proj[m](self.features(m, items[s])), len(items),
+            z = chunked_rows(lambda s, m=m: self.proj[m](self.features(m, items[s])), len(items),
                              self.proj[m].in_features)                   # [I_b, d]
             p_m, t_m = self.predictor(z)[i_inv], self._target(z)[i_inv]
             cl = cl + _neg_cos(p_m, t_i) + _neg_cos(p_m, t_m)

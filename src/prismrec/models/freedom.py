@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, degree_prune, modality_graph, propagate
+from prismrec.graphs import (
+    SparseMatrix,
+    bipartite_adjacency,
+    degree_prune,
+    modality_graph,
+    propagate,
+)
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.layers import bpr_loss, chunked_rows, dot
 
