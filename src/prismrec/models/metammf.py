@@ -149,6 +149,14 @@ class MetaMMF(Model):
     each epoch (the code pre-samples five once); Adam weight decay 1e-6, batch 3000 as in the
     code. ``cp_rank > 0`` (model ``metammf-cp``) factorises every meta tensor by CP.
 
+    :meth:`modality_weights` measures how much each item's generated first-layer weight reads
+    each modality. On synthetic micro-video data where one modality is pure noise for a known
+    subset of items, BPR training does not make those shares drop for that subset: a fixed
+    noise vector per item is memorised like an extra ID, so the loss never penalises it (the
+    meta path learns to switch a noisy modality off per item only under a loss that cannot
+    memorise, e.g. regression over many items); ``tests/models/test_metammf.py`` keeps the
+    check as an expected failure.
+
     Shapes:
         f_i [n_items, Σ min(d_m, pca_dim)]; users [n_users, d]; items [n_items, d].
     """
