@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.graphs import SparseMatrix, mean_aggregators
+from prismrec.graphs import SparseMatrix, bipartite_adjacency, mean_aggregators, propagate
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.layers import bpr_loss, dot, resolve_precision
 
@@ -20,7 +20,7 @@ class MetaMMFConfig(ModelConfig):
     meta_dim: int = 5                         # s_dim of the meta vector s_i
     fusion_hidden: tuple[int, ...] = (1024, 512, 256)
     pca_dim: int = 64                         # per-modality PCA before fusion (released code: v 64, a 64, t 32)
-    backbone: str = "gcn"                     # "gcn" (2 x GraphSAGE, MetaMMF_GCN) or "mf" (MetaMMF_MF)
+    backbone: str = "gcn"                     # "gcn" (2 x GraphSAGE: MetaMMF_GCN), "mf", "lightgcn"
     dropout: tuple[float, ...] = (0.5, 0.2)   # after GraphSAGE layers 1 and 2
     cp_rank: int = 0                          # 0: full meta tensors; R > 0: CP-decomposed (light variant)
     cp_mode: str = "cp"                       # "cp" (true CP) or "released" (the code's rank-1-in-s form)
@@ -29,8 +29,8 @@ class MetaMMFConfig(ModelConfig):
     def __post_init__(self):
         if not 0 < self.id_dim < self.embedding_dim:
             raise ValueError(f"id_dim must be in (0, embedding_dim={self.embedding_dim}), got {self.id_dim}")
-        if self.backbone not in ("gcn", "mf"):
-            raise ValueError(f"backbone must be 'gcn' or 'mf', got {self.backbone!r}")
+        if self.backbone not in ("gcn", "mf", "lightgcn"):
+            raise ValueError(f"backbone must be 'gcn', 'mf' or 'lightgcn', got {self.backbone!r}")
         if self.cp_mode not in ("cp", "released"):
             raise ValueError(f"cp_mode must be 'cp' or 'released', got {self.cp_mode!r}")
         if len(self.dropout) != 2 or not all(0 <= p < 1 for p in self.dropout):
@@ -190,6 +190,8 @@ class MetaMMF(Model):
         if cfg.backbone == "gcn":
             self.ui, self.iu = mean_aggregators(dataset.train)
             self.sage = nn.ModuleList([SAGE(cfg.embedding_dim), SAGE(cfg.embedding_dim)])
+        elif cfg.backbone == "lightgcn":  # ours: 2 parameter-free layers over Â (sparse data)
+            self.adj = SparseMatrix(bipartite_adjacency(dataset.train), symmetric=True)
         self._inputs: tuple | None = None
 
     def fusion_inputs(self, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,6 +225,9 @@ class MetaMMF(Model):
         x_u, x_i = self.user_emb, self.item_vectors()
         if self.config.backbone == "mf":
             return x_u, x_i
+        if self.config.backbone == "lightgcn":
+            e = propagate(self.adj, torch.cat([x_u, x_i]), 2)
+            return e[: self.n_users], e[self.n_users:]
         p1, p2 = self.config.dropout
         h_u, h_i = self.sage[0](self.ui, self.iu, x_u, x_i)
         h_u, h_i = (F.dropout(F.leaky_relu(h), p1, self.training) for h in (h_u, h_i))
