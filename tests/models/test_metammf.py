@@ -57,7 +57,7 @@ def test_pca_reduces_wide_modalities(tiny):
 
 @pytest.mark.parametrize("name,fixture,backbone", [
     ("metammf", "tiny_one_modality", "gcn"), ("metammf", "tiny_three_modalities", "gcn"),
-    ("metammf-cp", "tiny", "gcn"), ("metammf-cp", "tiny", "mf")])
+    ("metammf-cp", "tiny", "gcn"), ("metammf-cp", "tiny", "mf"), ("metammf-cp", "tiny", "lightgcn")])
 def test_trains_and_scores(name, fixture, backbone, request):
     ds = request.getfixturevalue(fixture)
     losses = []
