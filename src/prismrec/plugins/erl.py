@@ -58,10 +58,10 @@ class EulerModule(nn.Module):
     def __init__(self, dims: dict[str, int], dim: int, alpha: float):
         super().__init__()
         self.enc = nn.ModuleDict({m: nn.Linear(k, 2 * dim) for m, k in dims.items()})
-        self.out = nn.ModuleDict({m: nn.Linear(2 * dim, k) for m, k in dims.items()})
+        # no bias: a [B, d_m] bias pass costs as much as the product on 4,096-wide features
+        self.out = nn.ModuleDict({m: nn.Linear(2 * dim, k, bias=False) for m, k in dims.items()})
         for lin in self.out.values():
             nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
         self.dim, self.alpha = dim, alpha
 
     def codes(self, feats: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -79,8 +79,8 @@ class EulerModule(nn.Module):
         theta = sum(codes[m][2] for m in mods)
         r = log_r.exp()
         fre, fim = r * torch.cos(theta), r * torch.sin(theta)                 # cross-modal product c
-        return {m: feats[m] + self.out[m](torch.cat([codes[m][0] + self.alpha * fre,
-                                                     codes[m][1] + self.alpha * fim], dim=1))
+        return {m: torch.addmm(feats[m], torch.cat([codes[m][0] + self.alpha * fre, codes[m][1] + self.alpha * fim],
+                                                   dim=1), self.out[m].weight.T)
                 for m in mods}
 
 
@@ -183,14 +183,26 @@ def wrap(model_cls: type[Model] | str) -> type[Model]:
             self._erl_cache, self._erl_keep = {}, []
             try:
                 host = super().loss(batch)
-                items = torch.cat([batch.pos_items, batch.neg_items])
-                if None in self._erl_cache:             # the host encoded every item: reuse it
-                    codes = {m: tuple(t[items] for t in c) for m, c in self._erl_cache[None][0].items()}
-                else:
-                    codes = self._erl_pass(items)[0]
+                codes = self._batch_codes(torch.cat([batch.pos_items, batch.neg_items]))
             finally:
                 self._erl_cache = None
             return host + self._erl_losses(batch, codes)
+
+        def _batch_codes(self, items):
+            """Codes of ``items``, taken from what the host already encoded when it covers them."""
+            for key, (codes, _) in self._erl_cache.items():
+                if key is None:
+                    idx = items
+                else:
+                    src = next(t for t in self._erl_keep if id(t) == key)
+                    pos = torch.full((self.n_items,), -1, dtype=torch.long)
+                    pos[src] = torch.arange(len(src))
+                    idx = pos[items]
+                    if (idx < 0).any():
+                        continue
+                return {m: tuple(t[idx] for t in c) for m, c in codes.items()}
+            raw = {m: super(ERLWrapped, self).features(m, items) for m in self.modalities}
+            return self.erl.codes(raw)
 
         def _erl_losses(self, batch, codes):
             c, b, e = self.config, len(batch.users), self._erl_epoch
@@ -222,7 +234,7 @@ def wrap(model_cls: type[Model] | str) -> type[Model]:
 
         def _grad_hook(self, modality):
             def hook(g):
-                self._erl_epoch["grad_sq"][modality] += float(g.detach().pow(2).sum())
+                self._erl_epoch["grad_sq"][modality] += float(torch.linalg.vector_norm(g.detach())) ** 2
             return hook
 
         def _close_epoch(self):
