@@ -36,6 +36,7 @@ class LD4MRecConfig(ModelConfig):
     svd_k: int = tunable(64, 16, 256, log=True)  # rank of the collaborative signal
     svd_norm: bool = True                       # SVD of D_u^-½ R D_i^-½ (GF-CF's) instead of R (spec)
     collab_head: bool = True                    # decode the signal through the SVD item factors (ours)
+    collab_scale_learned: bool = True           # False: keep that filter's scale fixed at 1
     collab_signal: bool = True                  # ablation switches (paper: each one helps)
     modality_signal: bool = True
     t_sampling: str = "uniform"                 # "importance": DiffRec √E[L_t²]; "ema": OrangeAI
@@ -44,6 +45,7 @@ class LD4MRecConfig(ModelConfig):
     input_norm: bool = False                    # L2-normalise x before W_in (DiffRec option)
     latent_noise: bool = True                   # sample W_in ε in H dims (same distribution, I/H cheaper)
     loss_sum: bool = False                      # sum the MSE over items instead of the mean (DiffRec: mean)
+    positive_weight: float = tunable(50.0, 1.0, 200.0, log=True)  # w: observed items' MSE weight (ours; 1 = spec)
 
     def __post_init__(self):
         for name, allowed in (("t_sampling", T_SAMPLING), ("t_in", T_IN), ("schedule", SCHEDULES)):
@@ -95,7 +97,8 @@ class LD4MRec(Model):
         h = \\mathrm{Blocks}(W_{in} x_t + b, g) \\\\
         \\mathrm{CNet}(x_t, t, g) = W_{out} h + b' + \\big(a \\odot (x_t D_I^{-1/2} V_k) + W_z h\\big)
             (D_I^{1/2} V_k)^\\top \\\\
-        \\mathcal L = \\tfrac{1}{I}\\|\\mathrm{CNet}(x_t, t, g) - ((1-\\gamma) x_u + \\gamma (1 - x_u))\\|^2,
+        \\mathcal L = \\tfrac{1}{I}\\textstyle\\sum_i (1 + (w-1) x_{ui})\\,
+            (\\mathrm{CNet}(x_t, t, g)_i - \\tilde x_{ui})^2, \\quad \\tilde x_u = (1-\\gamma) x_u + \\gamma (1 - x_u),
         \\quad \\hat y_u = \\mathrm{CNet}(x_u, t_{in}, g)
 
     The collaborative signal comes from one truncated SVD ``U_k S_k V_kᵀ`` of the normalised
@@ -105,11 +108,14 @@ class LD4MRec(Model):
     in item space: the last term decodes the behaviour's low-pass projection through the SVD
     item factors. With ``a = 1``, ``W_z = 0`` (the initialisation) that term is GF-CF's ideal
     low-pass filter (Shen et al., CIKM 2021), so C-Net learns a correction of a strong
-    collaborative prior; without it, the item-specific ``W_in``/``W_out`` overfit the sparse
-    Amazon-like data (baby-like: R@20 well below LightGCN's). ``t_in`` is a learnable (fractional)
+    collaborative prior instead of item-specific ``W_in``/``W_out`` from scarce interactions
+    alone (``benchmarks/results/baby-like/ld4mrec.md`` has the ablations). ``t_in`` is a learnable (fractional)
     step fed through the sinusoidal embedding, initialised at the first step; it only receives
     a gradient from the optional forward-free term ``forward_free_weight``. The behaviour
-    input is dropped out (``input_dropout``) before it is noised.
+    input is dropped out (``input_dropout``) before it is noised. Observed items weigh
+    ``positive_weight`` times more in the soft-reconstruction MSE (our choice, as in weighted
+    matrix factorisation for implicit feedback): with 7k items and ~6 observed per user, the
+    unweighted mean is minimised by a nearly flat output and training erodes the ranking.
 
     Shapes:
         x_u, x_t, ŷ_u [B, n_items]; W_in [n_items, H]; W_out [H, n_items]; g, h [B, H];
@@ -145,7 +151,7 @@ class LD4MRec(Model):
         self.w_out = nn.Linear(hid, self.n_items)
         if c.collab_head:
             k = self.svd_in.shape[1]
-            self.collab_scale = nn.Parameter(torch.ones(k))        # starts as GF-CF's ideal low-pass filter
+            self.collab_scale = nn.Parameter(torch.ones(k), requires_grad=c.collab_scale_learned)  # GF-CF's filter
             self.collab_out = nn.Linear(hid, k, bias=False)
             nn.init.zeros_(self.collab_out.weight)
         self.t_in = nn.Parameter(torch.zeros(hid if c.t_in == "vector" else 1), requires_grad=c.t_in != "first")
@@ -283,8 +289,10 @@ class LD4MRec(Model):
             x = torch.where((x > 0) & (torch.rand_like(x) < c.soft_prob), 0.5 * x, x)
         return (1 - c.smoothing) * x + c.smoothing * (1 - x)
 
-    def _mse(self, pred, y):
+    def _mse(self, pred, y, x=None):
         se = (pred - y).pow(2)                                                         # [B, I]
+        if x is not None and self.config.positive_weight != 1.0:
+            se = se * (1 + (self.config.positive_weight - 1) * x)
         return se.sum(1) if self.config.loss_sum else se.mean(1)
 
     def loss(self, batch):
@@ -294,13 +302,13 @@ class LD4MRec(Model):
         t = self._sample_t(len(users))
         g, y = self.condition(users), self.target(x0)
         h, z = self.encode(x_in, t)
-        per_user = self._mse(self.cnet(h, timestep_embedding(t, self.config.hidden_dim), g, z), y)
+        per_user = self._mse(self.cnet(h, timestep_embedding(t, self.config.hidden_dim), g, z), y, x0)
         if self.config.t_sampling != "uniform":
             self._record(t, per_user)
         loss = per_user.mean()
         if self.config.forward_free_weight > 0:
             h, z = self.encode(x_in)
-            loss = loss + self.config.forward_free_weight * self._mse(self.cnet(h, self._tau_in(), g, z), y).mean()
+            loss = loss + self.config.forward_free_weight * self._mse(self.cnet(h, self._tau_in(), g, z), y, x0).mean()
         return loss
 
     # -- inference ---------------------------------------------------------------------------------
