@@ -97,7 +97,7 @@ def test_collaborative_head_starts_as_the_ideal_low_pass_filter(tiny):
     m = build_model("ld4mrec", tiny, LD4MRecConfig(svd_k=8, hidden_dim=16, embedding_dim=8))
     r = tiny.train.toarray().astype(np.float64)
     du, di = r.sum(1), r.sum(0)
-    inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0)  # noqa: E731
+    inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0)
     _, _, vt = np.linalg.svd(inv(du)[:, None] * r * inv(di)[None], full_matrices=False)
     v = vt[:8].T
     expected = (inv(di)[:, None] * v) @ (np.sqrt(di)[:, None] * v).T

@@ -134,7 +134,7 @@ class LD4MRec(Model):
         self.train_csr = sp.csr_matrix(dataset.train, dtype=np.float32)
         du = np.asarray(self.train_csr.sum(1)).ravel()
         di = np.asarray(self.train_csr.sum(0)).ravel()
-        inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0).astype(np.float32)  # noqa: E731
+        inv = lambda d: np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0).astype(np.float32)
         self.norm_csr = sp.csr_matrix(sp.diags(inv(du)) @ self.train_csr @ sp.diags(inv(di)), dtype=np.float32)
         cond_dim = 0
         if c.collab_signal or c.collab_head:
@@ -176,7 +176,7 @@ class LD4MRec(Model):
         order = np.argsort(-s)
         u, s, v = u[:, order], s[order], vt[order].T
         cf = u * np.sqrt(s)
-        f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+        f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         self.register_buffer("cf", f32(cf / (cf.std() + 1e-12)))
         scale_in, scale_out = (di_inv_sqrt, np.sqrt(di)) if c.svd_norm else (1.0, 1.0)
         self.register_buffer("svd_in", f32(v * np.reshape(scale_in, (-1, 1))))

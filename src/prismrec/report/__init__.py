@@ -50,7 +50,7 @@ def load_run(path: str | Path) -> Run:
         raise PrismrecError(f"{path}: not a run directory (expected the --out folder of `prismrec train`)")
     if not (path / "metrics.json").is_file() and not (path / "log.jsonl").is_file():
         raise PrismrecError(f"{path}: neither metrics.json nor log.jsonl found; is this a run directory?")
-    read = lambda f: json.loads((path / f).read_text()) if (path / f).is_file() else {}  # noqa: E731
+    read = lambda f: json.loads((path / f).read_text()) if (path / f).is_file() else {}
     config, metrics = read("config.json"), read("metrics.json")
     history = []
     if (path / "log.jsonl").is_file():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,12 +11,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        run_dirs: List[Path] = typer.Argument(..., help="run directories (prismrec train --out) to report on"),
-        out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default <run>/report.html, or "
+        run_dirs: list[Path] = typer.Argument(..., help="run directories (prismrec train --out) to report on"),
+        out: Path | None = typer.Option(None, "--out", help="HTML file (default <run>/report.html, or "
                                            "report.html for several runs)"),
         no_attribution: bool = typer.Option(False, "--no-attribution", help="skip the modality attribution plots"),
         users: int = typer.Option(300, "--users", help="users sampled for the modality shares"),
-        title: Optional[str] = typer.Option(None, "--title", help="page title"),
+        title: str | None = typer.Option(None, "--title", help="page title"),
     ):
         """Metrics table, training curves and modality attribution plots in one HTML file."""
         from prismrec.cli import _setup_logging, run_guarded
