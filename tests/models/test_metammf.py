@@ -9,7 +9,8 @@ import torch
 from prismrec import Recommender
 from prismrec.data.microvideo import make_microvideo
 from prismrec.models.base import build_model
-from prismrec.models.metammf import MetaLayer, MetaMMFConfig, MetaMMFCPConfig
+from prismrec.models.metammf import MetaLayer, MetaMMFConfig
+from prismrec.models.metammf_cp import MetaMMFCPConfig
 
 
 def per_item_reference(layer: MetaLayer, x, s):

@@ -41,11 +41,6 @@ class MetaMMFConfig(ModelConfig):
             raise ValueError("meta_dim, pca_dim, fusion_hidden must be >= 1 and cp_rank >= 0")
 
 
-@dataclass(frozen=True)
-class MetaMMFCPConfig(MetaMMFConfig):
-    cp_rank: int = 16                         # released code: R = 16 in all four layers
-
-
 def _mm(x, w, bf16):
     return (x.to(torch.bfloat16) @ w.to(torch.bfloat16)).float() if bf16 else x @ w
 
@@ -264,21 +259,3 @@ class MetaMMF(Model):
             norms[m] = torch.einsum("nk,kl,nl->n", s1, gram, s1).clamp_min(0).sqrt()
         total = sum(norms.values())
         return {m: v / total for m, v in norms.items()}
-
-
-@register
-class MetaMMFCP(MetaMMF):
-    """MetaMMF with CP-decomposed meta tensors (rank ``cp_rank``): the light variant.
-
-    .. math::
-        T^{(l)}[k, p, q] = \\sum_{r=1}^{R} C_{kr} A_{pr} B_{rq}, \\quad
-        x W_i = x M + ((x A) \\odot (s_i C)) B
-
-    ``cp_mode="released"`` reproduces the released code, where the rank sum collapses
-    (``T_k = (Σ_r C_{rk}) · AB``).
-    """
-
-    name = "metammf-cp"
-    description = "MetaMMF light: CP-decomposed meta tensors (rank 16), GraphSAGE backbone"
-    Config = MetaMMFCPConfig
-
