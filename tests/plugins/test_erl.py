@@ -14,7 +14,8 @@ from prismrec.models.base import get_model_class
 from prismrec.plugins import get_plugin
 from prismrec.plugins.erl import EulerModule
 
-HOSTS = [("vbpr", {}), ("mmgcn", {}), ("metammf-cp", {"fusion_hidden": (16,)})]
+# vbpr in fp32: a plug-in that refines features takes the host's fp32 path, so the bare host must too
+HOSTS = [("vbpr", {"feature_precision": "float32"}), ("mmgcn", {}), ("metammf-cp", {"fusion_hidden": (16,)})]
 
 
 def build(name, dataset, plugins=(), **values):

@@ -16,7 +16,7 @@ from torch import nn
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import Batch
 from prismrec.errors import DataError, UnknownNameError, UnsupportedError
-from prismrec.models.layers import feature_tensor
+from prismrec.models.layers import feature_tensor, rows_of
 
 _REGISTRY: dict[str, type["Model"]] = {}
 
@@ -58,7 +58,7 @@ class Model(nn.Module):
         self.modalities = list(dataset.features) if self.uses_features else []
         for m in self.modalities:  # non-persistent: bundles store features once, not in the weights
             self.register_buffer(f"feat_{m}", feature_tensor(dataset.features[m]), persistent=False)
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, ...] | None = None
         self.setup(dataset)
 
     # -- contract -------------------------------------------------------------------------------
@@ -80,8 +80,8 @@ class Model(nn.Module):
         """
         if self._cache is None:
             raise RuntimeError("call score() inside `with model.scoring():`")
-        u, i = self._cache
-        return u[users] @ i.T
+        u, i_t = self._cache[0], self._cache[-1]
+        return u[users] @ i_t
 
     def features(self, modality: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """Content features of ``modality`` for ``items`` (all items when None) ``[len, d_m]``.
@@ -90,7 +90,7 @@ class Model(nn.Module):
         can refine them without knowing the model's attributes.
         """
         f = getattr(self, f"feat_{modality}")
-        return f if items is None else f[items]
+        return f if items is None else rows_of(f, items)
 
     def feature_dims(self) -> dict[str, int]:
         """Modality name -> raw feature dimension."""
@@ -137,7 +137,9 @@ class Model(nn.Module):
     def prepare_scoring(self) -> None:
         """Compute what ``score`` needs once (default: the final embeddings)."""
         if self.is_dot_product:
-            self._cache = tuple(t.detach() for t in self.embeddings())
+            u, i = (t.detach() for t in self.embeddings())
+            # (users, items, itemsᵀ contiguous): the [d, I] layout is ~10% faster in the product
+            self._cache = (u, i, i.T.contiguous())
 
     @contextlib.contextmanager
     def scoring(self):

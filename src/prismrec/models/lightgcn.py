@@ -59,8 +59,10 @@ class LightGCN(Model):
         return e if items is None else e[items]
 
     def loss(self, batch):
-        users, items = self.embeddings()
-        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-        ego = self.embedding
-        reg = emb_loss(ego[batch.users], ego[self.n_users + batch.pos_items], ego[self.n_users + batch.neg_items])
+        # only the batch's rows of the propagated table are read: one fused propagate-and-gather
+        b = len(batch.users)
+        idx = torch.cat([batch.users, self.n_users + batch.pos_items, self.n_users + batch.neg_items])
+        rows, ego = propagate(self.adj, self.embedding, self.config.num_layers, rows=idx, with_input=True)
+        u, p, n = rows[:b], rows[b: 2 * b], rows[2 * b:]
+        reg = emb_loss(ego[:b], ego[b: 2 * b], ego[2 * b:])
         return bpr_loss(dot(u, p), dot(u, n)) + self.config.reg_weight * reg

@@ -8,7 +8,7 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, emb_loss, resolve_precision
+from prismrec.models.layers import rows_of, bpr_loss, dot, emb_loss, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -16,9 +16,10 @@ class VBPRConfig(ModelConfig):
     embedding_dim: int = 64
     reg_weight: float = tunable(1e-4, 1e-5, 2.0, log=True)  # MMRec grid {2.0, 1.0, 1e-1 .. 1e-5}
     # precision of the content projection's inputs: "float32" is MMRec's arithmetic; "bfloat16" keeps
-    # a bf16 copy of the features and multiplies with fp32 accumulation (3x less time where the CPU
-    # has native bf16); "auto" picks bfloat16 only on such CPUs (AVX512-BF16/AMX) or CUDA
-    feature_precision: str = "float32"
+    # a bf16 copy of the features and multiplies with fp32 accumulation (2.5x less time where the
+    # CPU has native bf16; same baby-like accuracy, benchmarks/results/baby-like/vbpr*.json);
+    # "auto" (default, as MGCN/MMGCN) picks bfloat16 only on such CPUs (AVX512-BF16/AMX) or CUDA
+    feature_precision: str = "auto"
 
     def __post_init__(self):
         if self.feature_precision not in ("auto", "float32", "bfloat16"):
@@ -67,13 +68,15 @@ class VBPR(Model):
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[len(items), 2d]`` item representations (all items when ``items`` is None)."""
-        if self.low_precision and type(self).features is Model.features:  # no plug-in refines features
+        # bf16 only in training (eval, scoring, explanations and cold start use fp32 arithmetic on
+        # the learned weights) and only where no plug-in refines the features
+        if self.low_precision and self.training and type(self).features is Model.features:
             content = self.proj_bias + sum(
                 (_rows(getattr(self, f"feat16_{m}"), items) @ self.proj[m].T.bfloat16()).float()
                 for m in self.modalities)
         else:
             content = self.proj_bias + sum(self.features(m, items) @ self.proj[m].T for m in self.modalities)
-        ids = self.item_emb if items is None else self.item_emb[items]
+        ids = self.item_emb if items is None else rows_of(self.item_emb, items)
         return torch.cat([ids, content], dim=1)
 
     def embed_items(self, features):
@@ -100,9 +103,9 @@ class VBPR(Model):
         b = len(batch.users)
         uniq, inv = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
         items = self.item_vectors(uniq)
-        u, p, n = self.user_emb[batch.users], items[inv[:b]], items[inv[b:]]
+        u, p, n = rows_of(self.user_emb, batch.users), rows_of(items, inv[:b]), rows_of(items, inv[b:])
         return bpr_loss(dot(u, p), dot(u, n)) + self.config.reg_weight * emb_loss(u, p, n)
 
 
 def _rows(t: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
-    return t if items is None else t[items]
+    return t if items is None else rows_of(t, items)
