@@ -193,13 +193,8 @@ class MGCN(Model):
     def propagate(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``E_id`` of ``rows`` (all ``N + I`` when None) ``[R, d]`` and the modalities' item views
         side by side ``[I, M·d]``."""
-        if rows is None:
-            e_id = propagate(self.adj, self.embedding, self.config.num_ui_layers)
-        else:  # the layer mean of the needed rows only
-            layers = [self.embedding]
-            for _ in range(self.config.num_ui_layers):
-                layers.append(self.adj @ layers[-1])
-            e_id = sum(h[rows] for h in layers) / len(layers)
+        # with rows: the layer mean of the needed rows only (one fused propagate-and-gather)
+        e_id = propagate(self.adj, self.embedding, self.config.num_ui_layers, rows=rows)
         item_emb = self.item_emb  # one slice of the table for all modalities: one gradient scatter
         return e_id, torch.cat([self.item_view(m, item_emb) for m in self.modalities], dim=1)
 
