@@ -74,6 +74,17 @@ def test_datasets_synth_and_info(tmp_path):
     assert "users        120" in r.output and "modality     image (128-d)" in r.output
 
 
+def test_datasets_synth_microvideo(tmp_path):
+    out = tmp_path / "mv"
+    r = invoke("datasets", "synth", "--out", out, "--users", 150, "--items", 90, "--format", "microvideo")
+    assert r.exit_code == 0, r.output
+    assert (out / "noise_items.json").exists()
+    r = invoke("datasets", "info", out)
+    assert r.exit_code == 0 and "modality     acoustic" in r.output and "users        150" in r.output
+    r = invoke("datasets", "synth", "--out", tmp_path / "x", "--format", "csv")
+    assert r.exit_code == 2 and "microvideo" in r.output and not (tmp_path / "x").exists()
+
+
 def test_compare_writes_tables(tmp_path, mmrec_dir):
     r = invoke("compare", "--data", mmrec_dir, "--models", "pop,bpr", "--set", "epochs=2", "--out", tmp_path / "cmp",
                "--quiet")

@@ -248,16 +248,27 @@ def _compare(data, models_csv, sets, out, quiet):
 # ------------------------------------------------------------------------------------------------
 @datasets_app.command("synth")
 def datasets_synth(
-    out: Path = typer.Option(..., "--out", help="output folder (MMRec format; its name is the dataset name)"),
+    out: Path = typer.Option(..., "--out", help="output folder (its name is the dataset name)"),
     users: int = typer.Option(2000, help="number of users"),
     items: int = typer.Option(1000, help="number of items"),
-    per_user: float = typer.Option(12.0, help="mean interactions per user (at least 5)"),
+    per_user: float = typer.Option(None, help="mean interactions per user, at least 5 "
+                                              "[default: 12 (mmrec), 15 (microvideo)]"),
     seed: int = typer.Option(0, help="random seed"),
+    fmt: str = typer.Option("mmrec", "--format", help="'mmrec': planted-signal image/text set in MMRec "
+                            "format; 'microvideo': visual/acoustic/textual set in the micro-video format, "
+                            "one modality pure noise for a known subset of items (noise_items.json)"),
 ):
-    """Write a synthetic planted-signal dataset in MMRec format."""
-    from prismrec.data import make_synthetic, save_mmrec
-    ds = run_guarded(make_synthetic, users, items, per_user, seed=seed, name=out.name)
-    save_mmrec(ds, out)
+    """Write a synthetic planted-signal dataset (MMRec or micro-video format)."""
+    if fmt == "mmrec":
+        from prismrec.data import make_synthetic, save_mmrec
+        ds = run_guarded(make_synthetic, users, items, per_user or 12.0, seed=seed, name=out.name)
+        run_guarded(save_mmrec, ds, out)
+    elif fmt == "microvideo":
+        from prismrec.data.microvideo import make_microvideo, save_microvideo
+        ds, noise = run_guarded(make_microvideo, users, items, per_user or 15.0, seed=seed, name=out.name)
+        run_guarded(save_microvideo, ds, out, noise)
+    else:
+        raise typer.BadParameter(f"expected 'mmrec' or 'microvideo', got {fmt!r}", param_hint="--format")
     typer.echo(f"wrote {out}: {json.dumps(ds.info())}")
 
 
