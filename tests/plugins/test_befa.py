@@ -77,6 +77,8 @@ def test_adapter_equations():
     assert ((a(f, e) / e) > 0).all() and ((a(f, e) / e) < 1).all()    # a soft mask over the behaviour
     a.mode = "project"
     torch.testing.assert_close(a(f, e), p)
+    a.mode = "residual"                                                   # content kept beside the mask
+    torch.testing.assert_close(a(f, e), p + e * mask)
 
 
 def test_config_keys_are_settable_and_checked():

@@ -34,7 +34,7 @@ from prismrec.errors import PrismrecError
 from prismrec.models.base import Model, get_model_class
 from prismrec.plugins import register_plugin
 
-MODES = ("mask", "project")
+MODES = ("mask", "project", "residual")
 OUTPUTS = ("raw", "embedding")
 
 
@@ -47,8 +47,10 @@ class BeFAAdapter(nn.Module):
         a = \\sigma(W_3 h_2 + b_3), \\quad \\tilde e = e^{id} \\odot a
 
     (tanh after dropout is the official code's order.) ``mode="project"`` returns ``p`` instead:
-    the adapter's projection without the behaviour mask, an ablation. With ``out_dim`` the
-    result is mapped back to the raw feature space, ``W_4 \tilde e + b_4``, so that the host
+    the adapter's projection without the behaviour mask, an ablation; ``mode="residual"``
+    returns ``p + \\tilde e`` (the content projection kept beside the behaviour-masked part; not
+    in the paper, in the spirit of a third-party re-implementation's ``adapter_weight``). With ``out_dim`` the
+    result is mapped back to the raw feature space, ``W_4 \\tilde e + b_4``, so that the host
     receives features of the dimension it was built for.
 
     Shapes:
@@ -74,6 +76,8 @@ class BeFAAdapter(nn.Module):
             h = torch.tanh(F.dropout(F.relu(self.decouple(p)), self.dropout, self.training))  # [B, r·d]
             h = F.dropout(F.relu(self.filter(h)), self.dropout, self.training)               # [B, r·d]
             e = behaviour * torch.sigmoid(self.mask(h))                                      # [B, d]
+            if self.mode == "residual":
+                e = p + e
         return e if self.back is None else self.back(e)                                     # [B, d_m]
 
 
@@ -98,7 +102,7 @@ def _config_class(host_config: type) -> type:
         ("befa_expansion_ratio", int, tunable(4, 1, 8, choices=(1, 2, 4, 8))),  # r, official `layer_times`
         ("befa_dropout", float, tunable(0.3, 0.1, 0.7, choices=(0.1, 0.3, 0.5, 0.7))),  # `dropout_rate`
         ("befa_dim", int, dataclasses.field(default=0)),     # adapted feature size; 0 = host's embedding_dim
-        ("befa_mode", str, dataclasses.field(default="mask")),  # "project": ablation without the mask
+        ("befa_mode", str, dataclasses.field(default="mask")),  # "project": no mask; "residual": p + mask part
         # "raw": map back to the raw feature dimension (works with every host); "embedding": hand the
         # host the d-dim feature and report d from feature_dims() (cheaper; for hosts that size their
         # projections by feature_dims() and derive nothing else from features() in setup)
