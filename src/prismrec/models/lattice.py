@@ -18,7 +18,7 @@ from prismrec.graphs import (
     modality_graph,
     propagate,
 )
-from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import dot, l2_loss
 
 
@@ -69,7 +69,7 @@ def _spmm(edges: Edges, x: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class LATTICE(Model):
+class LATTICE(JointTable, Model):
     """LightGCN plus item-item propagation over learned modality graphs.
 
     `Mining Latent Structures for Multimedia Recommendation <https://arxiv.org/abs/2104.09036>`_
@@ -104,11 +104,7 @@ class LATTICE(Model):
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
-        # one [users + items, d] table; each block initialised like MMRec's separate tables
-        table = torch.empty(self.n_users + self.n_items, d)
-        nn.init.xavier_uniform_(table[: self.n_users])
-        nn.init.xavier_uniform_(table[self.n_users:])
-        self.embedding = nn.Parameter(table)
+        self.init_joint_table(d)
         a = bipartite_adjacency(dataset.train, normalize=False) + sp.eye(self.n_users + self.n_items, dtype=np.float32)
         self.adj = SparseMatrix(sp.diags(1.0 / np.asarray(a.sum(axis=1)).ravel()) @ a, symmetric=False)
         self.raw_graphs = {}
@@ -120,16 +116,6 @@ class LATTICE(Model):
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], cfg.feat_embed_dim) for m in self.modalities})
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         self._fixed: SparseMatrix | None = None  # this epoch's item graph, after its first batch
-
-    @property
-    def item_emb(self) -> torch.Tensor:
-        return self.embedding[self.n_users:]
-
-    def behaviour_embedding(self, items=None):
-        return self.item_emb if items is None else self.item_emb[items]
-
-    def lr_factor(self, epoch):
-        return self.config.lr_decay ** (epoch / self.config.lr_decay_epochs)
 
     def on_epoch_start(self, epoch):
         self._fixed = None

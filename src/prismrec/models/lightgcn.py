@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate
-from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import bpr_loss, dot, emb_loss
 
 
@@ -20,7 +19,7 @@ class LightGCNConfig(ModelConfig):
 
 
 @register
-class LightGCN(Model):
+class LightGCN(JointTable, Model):
     """Linear propagation of ID embeddings over the normalised user-item graph.
 
     `LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation
@@ -42,21 +41,12 @@ class LightGCN(Model):
 
     def setup(self, dataset):
         d = self.config.embedding_dim
-        # one [users + items, d] table (no concatenation per batch); each block initialised like
-        # MMRec's separate user and item tables (Xavier bounds depend on the block's own shape)
-        table = torch.empty(self.n_users + self.n_items, d)
-        nn.init.xavier_uniform_(table[: self.n_users])
-        nn.init.xavier_uniform_(table[self.n_users:])
-        self.embedding = nn.Parameter(table)
+        self.init_joint_table(d)
         self.adj = SparseMatrix(bipartite_adjacency(dataset.train), symmetric=True)
 
     def embeddings(self):
         e = propagate(self.adj, self.embedding, self.config.num_layers)
         return e[: self.n_users], e[self.n_users:]
-
-    def behaviour_embedding(self, items=None):
-        e = self.embedding[self.n_users:]
-        return e if items is None else e[items]
 
     def loss(self, batch):
         # only the batch's rows of the propagated table are read: one fused propagate-and-gather

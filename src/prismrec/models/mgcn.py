@@ -8,7 +8,7 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
-from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     bpr_loss,
     dot,
@@ -102,7 +102,7 @@ class _TableProjection(torch.autograd.Function):
 
 
 @register
-class MGCN(Model):
+class MGCN(JointTable, Model):
     """Multi-view graph convolution with a behaviour-guided purifier and a behaviour-aware fuser.
 
     `Multi-View Graph Convolutional Network for Multimedia Recommendation
@@ -143,12 +143,7 @@ class MGCN(Model):
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
-        # one [users + items, d] table (no concatenation per batch); each block initialised like
-        # MMRec's separate tables (Xavier bounds depend on the block's own shape)
-        table = torch.empty(self.n_users + self.n_items, d)
-        nn.init.xavier_uniform_(table[: self.n_users])
-        nn.init.xavier_uniform_(table[self.n_users:])
-        self.embedding = nn.Parameter(table)
+        self.init_joint_table(d)
         adj = bipartite_adjacency(dataset.train)
         self.adj = SparseMatrix(adj, symmetric=True)
         r = adj[: self.n_users, self.n_users:].tocsr()                      # R̂ = D_u^{-1/2} R D_i^{-1/2}
@@ -166,16 +161,6 @@ class MGCN(Model):
         low = resolve_precision(cfg.feature_precision) == torch.bfloat16
         self.bf16 = {m: low and dims[m] >= WIDE for m in self.modalities}
         self._grad_buffers: dict[str, torch.Tensor] = {}
-
-    @property
-    def item_emb(self) -> torch.Tensor:
-        return self.embedding[self.n_users:]
-
-    def behaviour_embedding(self, items=None):
-        return self.item_emb if items is None else self.item_emb[items]
-
-    def lr_factor(self, epoch):
-        return self.config.lr_decay ** (epoch / self.config.lr_decay_epochs)
 
     def item_view(self, m: str, item_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Purified, item-item propagated modality embeddings of the items ``[I, d]``."""

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable
+from collections.abc import Callable
 
-from prismrec.errors import UnknownNameError
+from prismrec.errors import PrismrecError, UnknownNameError
 
 _PLUGINS: dict[str, Callable] = {}
 
@@ -19,6 +19,23 @@ def register_plugin(name: str):
         _PLUGINS[name] = fn
         return fn
     return deco
+
+
+def feature_host(model_cls, plugin: str, verb: str, marker: str):
+    """The model class a feature plug-in may wrap (``model_cls`` or its registered name).
+
+    Raises a clear error for a model that reads no modality features (``verb`` says what the
+    plug-in does to them) or one already wrapped by this plug-in (its class has ``marker`` set).
+    """
+    from prismrec.models.base import get_model_class
+    if isinstance(model_cls, str):
+        model_cls = get_model_class(model_cls)
+    if not getattr(model_cls, "uses_features", False):
+        raise PrismrecError(f"plug-in '{plugin}' {verb} modality features, but model '{model_cls.name}' reads "
+                            "none; use it with a multimodal model (see `prismrec models`)")
+    if getattr(model_cls, marker, None) is not None:
+        raise PrismrecError(f"model '{model_cls.name}' is already wrapped by {plugin}")
+    return model_cls
 
 
 def _load_all():

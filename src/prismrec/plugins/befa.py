@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import tunable
-from prismrec.errors import PrismrecError
-from prismrec.models.base import Model, get_model_class
-from prismrec.plugins import register_plugin
+from prismrec.models.base import Model
+from prismrec.plugins import feature_host, register_plugin
 
 MODES = ("mask", "project", "residual")
 OUTPUTS = ("raw", "embedding")
@@ -123,13 +122,7 @@ def wrap(model_cls: type[Model] | str) -> type[Model]:
         The wrapped class; its ``Config`` extends the host's with ``befa_expansion_ratio``,
         ``befa_dropout``, ``befa_dim``, ``befa_mode`` and ``befa_output``.
     """
-    if isinstance(model_cls, str):
-        model_cls = get_model_class(model_cls)
-    if not getattr(model_cls, "uses_features", False):
-        raise PrismrecError(f"plug-in 'befa' adapts modality features, but model '{model_cls.name}' reads none; "
-                            "use it with a multimodal model (see `prismrec models`)")
-    if getattr(model_cls, "befa_host", None) is not None:
-        raise PrismrecError(f"model '{model_cls.name}' is already wrapped by BeFA")
+    model_cls = feature_host(model_cls, "befa", "adapts", "befa_host")
 
     class BeFAWrapped(model_cls):
         __doc__ = f"{model_cls.__name__} with BeFA adapters on its modality features.\n\n{__doc__}"

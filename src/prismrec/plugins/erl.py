@@ -44,9 +44,9 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.errors import PrismrecError
-from prismrec.models.base import Model, get_model_class
+from prismrec.models.base import Model
 from prismrec.models.layers import bpr_loss
-from prismrec.plugins import register_plugin
+from prismrec.plugins import feature_host, register_plugin
 
 PHASE_LOSSES = ("periodic", "cosine")
 
@@ -119,13 +119,7 @@ def wrap(model_cls: type[Model] | str) -> type[Model]:
         The wrapped class; its ``Config`` adds ``erl_dim``, ``erl_alpha``, ``erl_lambda_phase``,
         ``erl_lambda_uni`` and ``erl_phase_loss``; instances have :meth:`modality_signal`.
     """
-    if isinstance(model_cls, str):
-        model_cls = get_model_class(model_cls)
-    if not getattr(model_cls, "uses_features", False):
-        raise PrismrecError(f"plug-in 'erl' rebalances modality features, but model '{model_cls.name}' reads none; "
-                            "use it with a multimodal model (see `prismrec models`)")
-    if getattr(model_cls, "erl_host", None) is not None:
-        raise PrismrecError(f"model '{model_cls.name}' is already wrapped by ERL")
+    model_cls = feature_host(model_cls, "erl", "rebalances", "erl_host")
 
     class ERLWrapped(model_cls):
         __doc__ = f"{model_cls.__name__} with ERL (Euler modality rebalancing).\n\n{__doc__}"
