@@ -7,6 +7,7 @@ import torch
 from prismrec import Recommender
 from prismrec.data.sampler import PairwiseSampler
 from prismrec.models import build_model
+from tests.models.helpers import epoch_losses
 
 
 def _dense_reference(model) -> torch.Tensor:
@@ -105,19 +106,7 @@ def test_backbone_adjacency_is_mmrec_random_walk_with_self_loops(tiny):
 def test_loss_decreases_on_synthetic_data(tiny):
     torch.manual_seed(0)
     model = build_model("lattice", tiny)
-    opt = model.configure_optimizer(1e-2, 0.0)
-    batches = list(PairwiseSampler(tiny.train, 256, np.random.default_rng(0)))
-    losses = []
-    for epoch in range(8):
-        model.on_epoch_start(epoch)
-        total = 0.0
-        for b in batches:
-            opt.zero_grad(set_to_none=True)
-            loss = model.loss(b)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        losses.append(total / len(batches))
+    losses = epoch_losses(model, tiny)
     assert losses[-1] < losses[0] - 0.05, losses
 
 

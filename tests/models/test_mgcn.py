@@ -9,6 +9,7 @@ from prismrec import Recommender
 from prismrec.data.sampler import PairwiseSampler
 from prismrec.models import build_model
 from prismrec.models.mgcn import MGCN
+from tests.models.helpers import epoch_losses
 
 
 def _batches(ds, size=64, seed=0):
@@ -92,18 +93,7 @@ def test_feature_table_gradient_buffer_is_reused_and_accumulates(tiny):
 def test_loss_decreases_on_synthetic_data(tiny):
     torch.manual_seed(0)
     model = build_model("mgcn", tiny)
-    opt = model.configure_optimizer(1e-2, 0.0)
-    batches = _batches(tiny, size=256)
-    losses = []
-    for _ in range(8):
-        total = 0.0
-        for b in batches:
-            opt.zero_grad(set_to_none=True)
-            loss = model.loss(b)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        losses.append(total / len(batches))
+    losses = epoch_losses(model, tiny)
     assert losses[-1] < losses[0] - 0.05, losses
 
 
