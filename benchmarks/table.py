@@ -24,6 +24,45 @@ def ratio(ours, ref):
     return f"{100 * ours / ref:.1f}%" if ours is not None and ref else "—"
 
 
+def delta(a, b):
+    return f"{100 * (a - b) / b:+.1f}%" if a is not None and b else "—"
+
+
+def plugin_table(lines, conv, results):
+    """Each converged plug-in run beside the converged run of its bare host (same settings)."""
+    rows = [(n, r) for n, r in conv if r.get("plugins")]
+    if not rows:
+        return
+    lines.extend(["## Plug-ins: with vs without (both trained to early stopping)", "",
+                  "| run | host R@20 | with R@20 | Δ | host N@20 | with N@20 | Δ | best epoch (host / with) "
+                  "| parameters (host / with) |", "|---|---|---|---|---|---|---|---|---|"])
+    for name, r in rows:
+        host = results.get(r["model"])
+        h = host["test"] if host else {}
+        t = r["test"]
+        lines.append("| " + " | ".join([
+            name, fmt(h.get("recall@20")), fmt(t.get("recall@20")), delta(t.get("recall@20"), h.get("recall@20")),
+            fmt(h.get("ndcg@20")), fmt(t.get("ndcg@20")), delta(t.get("ndcg@20"), h.get("ndcg@20")),
+            f"{fmt(host['best_epoch']) if host else '—'} / {fmt(r['best_epoch'])}",
+            f"{fmt(host.get('parameters')) if host else '—'} / {fmt(r.get('parameters'))}"]) + " |")
+    lines.append("")
+
+
+def cp_table(lines, results):
+    """MetaMMF full vs its CP-decomposed light variant: parameters and accuracy."""
+    full, cp = results.get("metammf"), results.get("metammf-cp")
+    if not (full and cp):
+        return
+    lines.extend(["## MetaMMF: full vs CP-decomposed", "",
+                  "| run | parameters | test R@20 | test N@20 | best epoch | s/epoch |", "|---|---|---|---|---|---|"])
+    for name, r in (("metammf", full), ("metammf-cp", cp)):
+        lines.append(f"| {name} | {r.get('parameters')} | {fmt(r['test'].get('recall@20'))} | "
+                     f"{fmt(r['test'].get('ndcg@20'))} | {r['best_epoch']} | {fmt(r['sec_per_epoch'], 2)} |")
+    pr = full.get("parameters", 0) / max(cp.get("parameters", 1), 1)
+    lines.extend(["", f"CP has {pr:.1f}× fewer parameters; its Recall@20 is "
+                      f"{ratio(cp['test'].get('recall@20'), full['test'].get('recall@20'))} of the full model's.", ""])
+
+
 def main(dataset: str = "baby-like") -> Path:
     folder = HERE / "results" / dataset
     peers = json.loads((HERE / "peers.json").read_text()).get(dataset, {})
@@ -67,6 +106,8 @@ def main(dataset: str = "baby-like") -> Path:
     section("Fixed epoch count (MMRec's settings of peers.md)", fixed, "5ep")
     section("Trained to early stopping (patience 20 on valid Recall@20)", conv, "converged")
     section("Other runs", other, "converged")
+    plugin_table(lines, conv, results)
+    cp_table(lines, results)
     pop = peers.get("popularity")
     if pop:
         lines.append(f"Most-popular baseline (MMRec/Cornac): R@20 {pop['recall@20']}, N@20 {pop['ndcg@20']}. "
