@@ -1,4 +1,8 @@
-"""Typed dependencies of the serving routes."""
+"""Typed dependencies of the serving routes.
+
+The look-ups are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, one
+thread hand-off per dependency per request for what is an attribute read.
+"""
 from __future__ import annotations
 
 import hmac
@@ -12,20 +16,20 @@ from prismrec.serve.settings import ServeSettings
 from prismrec.serve.state import ServingState, StateHolder
 
 
-def get_holder(request: Request) -> StateHolder:
+async def get_holder(request: Request) -> StateHolder:
     return request.app.state.holder
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     """The state current when the request starts; the request uses it to the end (atomic reload)."""
     return request.app.state.holder.current
 
 
-def get_settings(request: Request) -> ServeSettings:
+async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.holder.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

@@ -1,5 +1,8 @@
-"""The serving routes. Scoring is CPU work, so every route that touches the model is a plain
-``def`` (FastAPI runs it in its thread pool, off the event loop)."""
+"""The serving routes. Scoring is CPU work, so the routes that touch the model are plain ``def``
+(FastAPI runs them in its thread pool, off the event loop), except ``GET /recommend``: its work is
+bounded (one user's scores, or an ANN query above ``--ann-threshold`` items; well under a
+millisecond on baby-like) and the thread hand-off cost more than the work itself (1.6 vs 1.3 ms of
+server CPU per request in ``benchmarks/serve_load.py``), so it runs on the event loop."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -63,8 +66,9 @@ def history(state: RecommenderDep, user: UserQ, limit: Annotated[int, Query(ge=1
 
 
 @api.get("/recommend", response_model=s.Recommendation, responses=NOT_FOUND | UNSUPPORTED, tags=["recommend"])
-def recommend(state: RecommenderDep, user: UserQ, k: KQ = 10, exclude_seen: bool = True):
-    """Top-k items for a known user (the same list as ``prismrec recommend``)."""
+async def recommend(state: RecommenderDep, user: UserQ, k: KQ = 10, exclude_seen: bool = True):
+    """Top-k items for a known user (the same list as ``prismrec recommend``). Runs on the event loop
+    (see the module docstring)."""
     items, scores = state.recommend(user, k, exclude_seen)
     return s.Recommendation(user=state.user_map.external(state.user_index(user)), items=items, scores=scores)
 
