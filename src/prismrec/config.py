@@ -35,7 +35,7 @@ class TrainConfig:
     num_threads: int = 0            # 0 = torch's default
     checkpoint: bool = True         # write a checkpoint after each epoch (for --resume)
     clip_grad_norm: float = 0.0     # 0 = off
-    device: str = "cpu"
+    device: str = "cpu"             # training runs on the CPU; GPU training is not implemented yet
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -43,6 +43,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.device != "cpu":  # refuse rather than silently train on the CPU
+            raise ConfigError(f"device must be 'cpu' (GPU training is not implemented yet; scale out with "
+                              f"torchrun instead), got {self.device!r}")
         if "@" not in self.valid_metric:
             raise ConfigError(f"valid_metric must look like 'recall@20', got {self.valid_metric!r}")
         k = int(self.valid_metric.split("@")[1])

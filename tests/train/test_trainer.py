@@ -67,3 +67,8 @@ def test_divergence_is_a_clear_error(tiny):
 def test_unknown_config_key(tiny):
     with pytest.raises(ValueError, match=r"unknown config key.*embeding_dim.*embedding_dim"):
         Recommender("bpr", embeding_dim=8)
+
+
+def test_non_cpu_device_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="device must be 'cpu'.*'cuda'"):
+        Recommender("bpr", device="cuda")
