@@ -15,7 +15,6 @@ Results are merged into ``benchmarks/results/serving.json`` (keys ``ann_*``, ``i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -26,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _results import merge_result  # noqa: E402  (puts src/ on the path)
 
-from prismrec.bundle import write_json  # noqa: E402
 from prismrec.serve.index import ExactSearcher, FaissSearcher  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
@@ -100,11 +98,7 @@ def main(argv=None) -> dict:
                 "machine": platform.machine(), "faiss": faiss.__version__,
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
     }
-    merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    merged.update(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, merged)
-    print(json.dumps(result, indent=2))
+    merge_result(args.out, result)
     return result
 
 

@@ -26,10 +26,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
+from _results import write_run  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
-from prismrec.bundle import write_json  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.evaluation import evaluate_splits  # noqa: E402
 from prismrec.train.trainer import peak_rss_mb  # noqa: E402
@@ -146,12 +144,8 @@ def main(argv=None):
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    dest = Path(args.out) / ds.name / f"{name}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_json(dest, out)
-    print(json.dumps({k: out[k] for k in ("model", "world_size", "epochs", "best_epoch", "sec_per_epoch",
-                                          "recall@20_rel_gap")}), json.dumps(out["test"]))
-    print(f"wrote {dest}")
+    write_run(args.out, ds.name, name, out,
+              ("model", "world_size", "epochs", "best_epoch", "sec_per_epoch", "recall@20_rel_gap"))
 
 
 if __name__ == "__main__":

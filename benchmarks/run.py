@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -26,10 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
+from _results import write_run  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
-from prismrec.bundle import write_json  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.evaluation import evaluate_splits  # noqa: E402
 
@@ -112,12 +109,8 @@ def main(argv=None):
     }
     if hasattr(rec.model, "modality_signal"):  # per-modality training signal (ERL plug-in)
         out["modality_signal"] = rec.model.modality_signal()
-    dest = Path(args.out) / ds.name / f"{name}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_json(dest, out)
-    print(json.dumps({k: out[k] for k in ("model", "epochs", "best_epoch", "sec_per_epoch", "eval_seconds",
-                                          "peak_rss_mb")}), json.dumps(out["test"]))
-    print(f"wrote {dest}")
+    write_run(args.out, ds.name, name, out,
+              ("model", "epochs", "best_epoch", "sec_per_epoch", "eval_seconds", "peak_rss_mb"))
 
 
 if __name__ == "__main__":

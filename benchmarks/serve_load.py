@@ -34,9 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from prismrec.bundle import write_json  # noqa: E402
+from _results import merge_result  # noqa: E402  (puts src/ on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 HOST = "127.0.0.1"  # never anything but loopback
@@ -213,13 +211,7 @@ def main(argv=None) -> dict:
                  "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
                  "machine": platform.machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
     }
-    merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    merged.update(result)
-    ann_cmd = merged.get("ann", {}).get("command")
-    merged["command"] = command + (f" && {ann_cmd}" if ann_cmd else "")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, merged)
-    print(json.dumps(result, indent=2))
+    merge_result(args.out, result, command)
     return result
 
 

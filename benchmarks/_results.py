@@ -1,0 +1,37 @@
+"""Result-file helpers shared by the benchmark scripts (atomic JSON writes under ``results/``)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from prismrec.bundle import write_json  # noqa: E402
+
+
+def merge_result(path: Path, result: dict, command: str | None = None) -> dict:
+    """Update the JSON object at ``path`` with ``result`` (other keys kept) and write it atomically.
+
+    ``command``, when given, becomes the file's top-level ``command`` joined with the ANN part's
+    (``serving.json`` gathers the load test and the ANN measurement, each with its own command).
+    """
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(result)
+    if command is not None:
+        ann_cmd = merged.get("ann", {}).get("command")
+        merged["command"] = command + (f" && {ann_cmd}" if ann_cmd else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, merged)
+    print(json.dumps(result, indent=2))
+    return merged
+
+
+def write_run(out_dir: str | Path, dataset: str, name: str, out: dict, summary: tuple[str, ...]) -> Path:
+    """Write one training run's result to ``<out_dir>/<dataset>/<name>.json`` and print a summary."""
+    dest = Path(out_dir) / dataset / f"{name}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_json(dest, out)
+    print(json.dumps({k: out[k] for k in summary}), json.dumps(out["test"]))
+    print(f"wrote {dest}")
+    return dest
