@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from prismrec.data.sampler import PairwiseSampler
 
@@ -22,3 +23,12 @@ def epoch_losses(model, dataset, *, epochs: int = 8, batch_size: int = 256, lear
             total += loss.item()
         losses.append(total / len(batches))
     return losses
+
+
+def assert_learns_and_scores(rec, dataset, *, min_drop: float = 0.0) -> None:
+    """The fitted ``rec``'s training loss fell by more than ``min_drop`` and its scores are finite ``[B, n_items]``."""
+    losses = [h["loss"] for h in rec.result.history]
+    assert losses[-1] < losses[0] - min_drop, losses
+    with rec.model.scoring():
+        s = rec.model.score(torch.tensor([0, 5, 9, 11]))
+    assert s.shape == (4, dataset.n_items) and torch.isfinite(s).all()

@@ -8,6 +8,7 @@ from prismrec import Recommender
 from prismrec.data.sampler import Batch, PairwiseSampler
 from prismrec.models import build_model
 from prismrec.models.bm3 import BM3Config
+from tests.models.helpers import assert_learns_and_scores
 
 
 def _fit(ds, epochs=5, **cfg):
@@ -15,12 +16,7 @@ def _fit(ds, epochs=5, **cfg):
 
 
 def test_loss_decreases_and_score_shape(tiny):
-    rec = _fit(tiny, epochs=5)
-    losses = [h["loss"] for h in rec.result.history]
-    assert losses[-1] < losses[0]
-    with rec.model.scoring():
-        s = rec.model.score(torch.tensor([0, 5, 9, 11]))
-    assert s.shape == (4, tiny.n_items) and torch.isfinite(s).all()
+    assert_learns_and_scores(_fit(tiny, epochs=5), tiny)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_one_modality", "tiny_three_modalities"])

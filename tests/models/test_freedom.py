@@ -8,6 +8,7 @@ from prismrec import Recommender
 from prismrec.data.sampler import PairwiseSampler
 from prismrec.models import build_model
 from prismrec.models.freedom import FREEDOMConfig, modality_weights
+from tests.models.helpers import assert_learns_and_scores
 
 
 def _fit(ds, epochs=5, **cfg):
@@ -15,12 +16,7 @@ def _fit(ds, epochs=5, **cfg):
 
 
 def test_loss_decreases_and_score_shape(tiny):
-    rec = _fit(tiny, epochs=6, learning_rate=0.01)
-    losses = [h["loss"] for h in rec.result.history]
-    assert losses[-1] < losses[0] - 0.05
-    with rec.model.scoring():
-        s = rec.model.score(torch.tensor([0, 5, 9, 11]))
-    assert s.shape == (4, tiny.n_items) and torch.isfinite(s).all()
+    assert_learns_and_scores(_fit(tiny, epochs=6, learning_rate=0.01), tiny, min_drop=0.05)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_one_modality", "tiny_three_modalities"])
