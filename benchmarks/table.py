@@ -53,18 +53,27 @@ def plugin_table(lines, results):
 
 
 def cp_table(lines, results):
-    """MetaMMF full vs its CP-decomposed light variant: parameters and accuracy."""
-    full, cp = results.get("metammf"), results.get("metammf-cp")
-    if not (full and cp):
+    """MetaMMF full vs its CP-decomposed light variant, for every pair run with the same settings
+    (``metammf-cp<rest>`` beside ``metammf<rest>``: the default backbone, other backbones, fixed epochs)."""
+    pairs = [(n.replace("metammf-cp", "metammf", 1), n) for n in results if n.startswith("metammf-cp")]
+    pairs = [(f, c) for f, c in pairs if f in results]
+    if not pairs:
         return
     lines.extend(["## MetaMMF: full vs CP-decomposed", "",
-                  "| run | parameters | test R@20 | test N@20 | best epoch | s/epoch |", "|---|---|---|---|---|---|"])
-    for name, r in (("metammf", full), ("metammf-cp", cp)):
-        lines.append(f"| {name} | {r.get('parameters')} | {fmt(r['test'].get('recall@20'))} | "
-                     f"{fmt(r['test'].get('ndcg@20'))} | {r['best_epoch']} | {fmt(r['sec_per_epoch'], 2)} |")
-    pr = full.get("parameters", 0) / max(cp.get("parameters", 1), 1)
-    lines.extend(["", f"CP has {pr:.1f}× fewer parameters; its Recall@20 is "
-                      f"{ratio(cp['test'].get('recall@20'), full['test'].get('recall@20'))} of the full model's.", ""])
+                  "| full run | CP run | parameters (full / CP) | ratio | test R@20 (full / CP) | CP / full R@20 "
+                  "| test N@20 (full / CP) | best epoch (full / CP) | s/epoch (full / CP) |",
+                  "|---|---|---|---|---|---|---|---|---|"])
+    for f, c in pairs:
+        full, cp = results[f], results[c]
+        pr = full.get("parameters", 0) / max(cp.get("parameters", 1), 1)
+        lines.append(" | ".join([
+            f"| {f}", c, f"{full.get('parameters')} / {cp.get('parameters')}", f"{pr:.1f}×",
+            f"{fmt(full['test'].get('recall@20'))} / {fmt(cp['test'].get('recall@20'))}",
+            ratio(cp["test"].get("recall@20"), full["test"].get("recall@20")),
+            f"{fmt(full['test'].get('ndcg@20'))} / {fmt(cp['test'].get('ndcg@20'))}",
+            f"{full['best_epoch']} / {cp['best_epoch']}",
+            f"{fmt(full['sec_per_epoch'], 2)} / {fmt(cp['sec_per_epoch'], 2)}"]) + " |")
+    lines.append("")
 
 
 def main(dataset: str = "baby-like") -> Path:
