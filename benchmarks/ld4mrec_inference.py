@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from prismrec import load_dataset
 from prismrec.models import build_model
+from prismrec.bundle import write_json
 
 
 def median_time(fn, repeats: int) -> float:
@@ -69,8 +71,10 @@ def main(argv=None):
     print(table)
     dest = Path(args.out) / ds.name / "ld4mrec-inference.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0],
-                                "date": time.strftime("%Y-%m-%d")}, indent=2))
+    write_json(dest, {"rows": rows, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0],
+                      "command": shlex.join(["python", "benchmarks/ld4mrec_inference.py",
+                                             *(argv if argv is not None else sys.argv[1:])]),
+                      "date": time.strftime("%Y-%m-%d")})
     print(f"wrote {dest}")
 
 
