@@ -149,8 +149,16 @@ class MetaMMF(Model):
     subset of items, BPR training does not make those shares drop for that subset: a fixed
     noise vector per item is memorised like an extra ID, so the loss never penalises it (the
     meta path learns to switch a noisy modality off per item only under a loss that cannot
-    memorise, e.g. regression over many items); ``tests/models/test_metammf.py`` keeps the
-    check as an expected failure.
+    memorise, e.g. regression over many items). Also tried (2026-11-26, 600 users x 300 items,
+    40% of items with a noise acoustic modality): noise at 3x and 10x the clean scale, noisy
+    items sharing one of three "trending track" vectors (not memorisable), the GraphSAGE, MF and
+    LightGCN backbones, 15-60 epochs, learning rate 1e-3 and 1e-2, ``meta_dim`` 16: the
+    clean-minus-noisy share gap stayed within +-0.011 (per-item share std <= 0.016).
+    ``tests/models/test_metammf.py`` keeps the check as an expected failure.
+
+    ``backbone``: ``gcn`` (the paper's MetaMMF_GCN) is the default; ``lightgcn`` (ours: two
+    parameter-free propagation layers) is far stronger on sparse Amazon-like data (baby-like
+    results in ``benchmarks/results/baby-like/``).
 
     Shapes:
         f_i [n_items, Σ min(d_m, pca_dim)]; users [n_users, d]; items [n_items, d].
