@@ -125,7 +125,7 @@ def evaluate_splits(score_fn, train: sp.csr_matrix, truths: dict[str, sp.csr_mat
         all_users = np.unique(np.concatenate(list(per_split_users.values())))
         top = topk_items(score_fn, all_users, kmax, train, block_size, extra)
         for s, u in per_split_users.items():
-            rows = np.searchsorted(all_users, u)
-            hit, n_pos = hits_of(top[rows], u, group[s])
+            sub = top if len(u) == len(all_users) else top[np.searchsorted(all_users, u)]  # u ⊆ all_users
+            hit, n_pos = hits_of(sub, u, group[s])
             results[s] = metrics_from_hits(hit, n_pos, ks, metrics)
     return {s: results[s] for s in truths}
