@@ -76,6 +76,20 @@ def start_server(bundle: Path, port: int, threads: int, timeout: float) -> subpr
     raise SystemExit(f"server did not answer /health within {timeout:.0f} s")
 
 
+def check_against_cli(bundle: Path, port: int, users: list, k: int) -> dict:
+    """Compare ``GET /recommend`` with ``prismrec recommend`` (same bundle, same users): equal top-k?"""
+    cmd = [sys.executable, "-m", "prismrec", "recommend", str(bundle), "-k", str(k), "--json"]
+    for u in users:
+        cmd += ["--user", str(u)]
+    cli = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    cli = cli if isinstance(cli, list) else [cli]
+    same = 0
+    for u, c in zip(users, cli):
+        with urllib.request.urlopen(f"http://{HOST}:{port}/recommend?user={u}&k={k}", timeout=30) as r:
+            same += json.loads(r.read())["items"] == c["items"]
+    return {"users": len(users), "k": k, "same_top_k": same, "command": "prismrec recommend BUNDLE --user ID -k K"}
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection to the server."""
 
@@ -166,6 +180,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-users", type=int, default=20,
+                   help="users whose GET /recommend is compared with `prismrec recommend` first")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.requests < 1 or args.duration <= 0 or args.concurrency < 1:
@@ -179,6 +195,7 @@ def main(argv=None) -> dict:
     load0 = os.getloadavg()[0]
     server = start_server(args.bundle, port, args.threads, args.startup_timeout)
     try:
+        check = check_against_cli(args.bundle, port, [users[i] for i in pick[:args.check_users]], args.k)
         asyncio.run(run_load(port, paths[:args.warmup], rate=0, concurrency=args.concurrency, duration=30))
         cpu0 = cpu_seconds(server.pid)
         lat, statuses, elapsed, unsent = asyncio.run(run_load(port, paths[args.warmup:], rate=args.rate,
@@ -200,6 +217,7 @@ def main(argv=None) -> dict:
         "requests_per_s": round(len(lat) / elapsed, 1),
         "p50_ms": round(float(ms[0]), 2),
         "p99_ms": round(float(ms[2]), 2),
+        "matches_cli": check,
         "load": {"bundle": str(args.bundle), "route": f"GET /recommend?user=..&k={args.k}",
                  "mode": f"open loop at {args.rate:g} req/s" if args.rate > 0 else "closed loop",
                  "concurrency": args.concurrency, "requests": int(len(lat)), "errors": int((~ok).sum()),
