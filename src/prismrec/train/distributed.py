@@ -16,7 +16,8 @@ Launch::
 
     torchrun --nproc_per_node 2 -m prismrec train --data /tmp/baby-like --model lightgcn --distributed
 
-Backends: gloo on CPU; with CUDA, ``cpu:gloo,cuda:nccl`` so that tensors on either device reduce.
+Backend: gloo (training runs on the CPU, also on a host with GPUs: ``TrainConfig.device`` is
+``cpu``), so ranks never claim a GPU and any number of them share a machine.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class DistContext:
         """Join the job described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ...).
 
         Args:
-            backend: ``None`` picks gloo on CPU and ``cpu:gloo,cuda:nccl`` when CUDA is available.
+            backend: process-group backend; ``None`` is gloo.
             timeout_s: how long a collective may wait for the slowest rank.
         """
         if not tdist.is_available():
@@ -75,11 +76,9 @@ class DistContext:
                                 "--distributed")
         owns = False
         if not tdist.is_initialized():
-            if backend is None:
-                backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-            if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-            tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            # gloo even where CUDA is present: the tensors are on the CPU, and a CUDA backend would
+            # bind each rank to a GPU (two ranks on a one-GPU host would fail)
+            tdist.init_process_group(backend or "gloo", timeout=datetime.timedelta(seconds=timeout_s))
             owns = True
         ctx = cls(tdist.get_rank(), tdist.get_world_size(), owns_group=owns)
         log.info("data-parallel rank %d of %d (%s)", ctx.rank, ctx.world_size, tdist.get_backend())
