@@ -60,6 +60,13 @@ def test_train_errors_are_one_line(tmp_path, mmrec_dir, args, msg):
     assert msg in r.output and "Traceback" not in r.output
 
 
+def test_torchrun_without_distributed_is_refused(tmp_path, mmrec_dir, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each of its processes
+    r = runner.invoke(app, ["train", "--data", str(mmrec_dir), "--model", "bpr", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--distributed is not set" in r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_data_is_a_clear_error(tmp_path):
     r = runner.invoke(app, ["datasets", "info", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no such file or folder" in r.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -95,6 +96,11 @@ def train(
 
 def _train(data, model, values, plugins, out, resume, distributed, quiet):
     from prismrec import Recommender, load_dataset
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not distributed and world not in ("", "1"):  # N independent runs writing one folder otherwise
+        raise PrismrecError(f"this process is one of {world} started by torchrun (WORLD_SIZE={world}), but "
+                            "--distributed is not set: each process would train its own model and all would "
+                            "write the same run folder; add --distributed, or run without torchrun")
     rec = Recommender(model, plugins=plugins, **values)
     ds = load_dataset(data)
     out = out or Path("runs") / f"{Path(str(data)).name}-{model}{''.join('+' + p for p in plugins)}"
