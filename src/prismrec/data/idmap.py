@@ -15,9 +15,17 @@ class IdMap:
     def __init__(self, ids, kind: str):
         self.ids = np.asarray(ids)
         self.kind = kind
-        self._index = {str(v): i for i, v in enumerate(self.ids.tolist())}
-        if len(self._index) != len(self.ids):
+        keys = self.ids if self.ids.dtype.kind in "iu" else self.ids.astype(str)
+        if len(np.unique(keys)) != len(self.ids):
             raise ValueError(f"duplicate external {kind} ids")
+        self._lookup: dict[str, int] | None = None  # built on the first lookup (serving, recommend), not
+        # in training: one Python string per id is ~120 MB at a million users
+
+    @property
+    def _index(self) -> dict[str, int]:
+        if self._lookup is None:
+            self._lookup = {str(v): i for i, v in enumerate(self.ids.tolist())}
+        return self._lookup
 
     def __len__(self) -> int:
         return len(self.ids)
