@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import platform
@@ -46,6 +47,15 @@ def time_full_eval(rec, ds, repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def summarise(rec) -> dict:
+    """What the result file needs from a fitted run, so that the model itself can be freed."""
+    signal = getattr(rec.model, "modality_signal", None)
+    return {"metrics": rec.metrics, "config": dict(rec.config.items()),
+            "model_config": dataclasses.asdict(rec.model.config),
+            "parameters": sum(p.numel() for p in rec.model.parameters()),
+            "modality_signal": signal() if signal is not None else None}
+
+
 def run_once(args, ds, threads: int | None):
     if threads:
         torch.set_num_threads(threads)
@@ -75,40 +85,43 @@ def main(argv=None):
 
     ds = load_dataset(args.data)
     thread_opts = [int(t) for t in args.threads.split(",") if t] or [None]
-    runs, all_secs = [], {}
+    runs, all_secs, first_peak = [], {}, None
     for th in thread_opts:
         reps = []
         for _ in range(max(args.repeats, 1)):  # this VM's speed varies by up to 30% between processes
             rec, load0 = run_once(args, ds, th)
-            reps.append((rec.metrics["sec_per_epoch"], th, rec, load0, time_full_eval(rec, ds)))
+            # ru_maxrss only grows within a process: the first run's peak is one training's peak
+            first_peak = rec.metrics["peak_rss_mb"] if first_peak is None else first_peak
+            reps.append((rec.metrics["sec_per_epoch"], th, summarise(rec), load0, time_full_eval(rec, ds)))
+            del rec  # a finished repeat's model must not inflate the next one's memory
+            gc.collect()
         reps.sort(key=lambda r: r[0])
         all_secs[str(th or torch.get_num_threads())] = [round(r[0], 4) for r in reps]
         runs.append(reps[len(reps) // 2])  # the median repeat (the runs are deterministic, so only time differs)
     runs.sort(key=lambda r: r[0])
-    sec, threads, rec, load0, eval_s = runs[0]
-    m = rec.metrics
+    sec, threads, run, load0, eval_s = runs[0]
+    m = run["metrics"]
     name = args.name or (args.model + "".join("+" + p for p in args.plugin) + (f"-{args.epochs}ep" if args.epochs else ""))
-    n_params = sum(p.numel() for p in rec.model.parameters())
     out = {
         "model": args.model, "plugins": args.plugin, "dataset": ds.name,
         "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "config": {k: v for k, v in rec.config.items()},
-        "model_config": dataclasses.asdict(rec.model.config),  # every resolved setting, defaults included
+        "config": run["config"],
+        "model_config": run["model_config"],  # every resolved setting, defaults included
         "epochs": m["epochs"], "best_epoch": m["best_epoch"], "stopped_early": m["stopped_early"],
         "sec_per_epoch": round(sec, 4), "threads": threads or torch.get_num_threads(),
         "cpu_sec_per_epoch": round(m["cpu_sec_per_epoch"], 4),
         "sec_per_epoch_by_threads": {str(r[1] or torch.get_num_threads()): round(r[0], 4) for r in runs},
         "sec_per_epoch_repeats": all_secs,
         "eval_seconds": round(eval_s, 4), "setup_seconds": round(m["setup_seconds"], 3),
-        "peak_rss_mb": round(m["peak_rss_mb"], 1), "parameters": n_params,
+        "peak_rss_mb": round(first_peak, 1), "parameters": run["parameters"],
         "valid": {k: round(v, 5) for k, v in m["valid"].items()},
         "test": {k: round(v, 5) for k, v in m["test"].items()},
         "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
-    if hasattr(rec.model, "modality_signal"):  # per-modality training signal (ERL plug-in)
-        out["modality_signal"] = rec.model.modality_signal()
+    if run["modality_signal"] is not None:  # per-modality training signal (ERL plug-in)
+        out["modality_signal"] = run["modality_signal"]
     write_run(args.out, ds.name, name, out,
               ("model", "epochs", "best_epoch", "sec_per_epoch", "eval_seconds", "peak_rss_mb"))
 
