@@ -153,7 +153,7 @@ class MetaMMF(Model):
     40% of items with a noise acoustic modality): noise at 3x and 10x the clean scale, noisy
     items sharing one of three "trending track" vectors (not memorisable), the GraphSAGE, MF and
     LightGCN backbones, 15-60 epochs, learning rate 1e-3 and 1e-2, ``meta_dim`` 16, ``id_dim`` 2: the
-    clean-minus-noisy share gap stayed within +-0.011 (per-item share std <= 0.016).
+    clean-minus-noisy share gap stayed within +-0.012 (per-item share std <= 0.016).
     ``tests/models/test_metammf.py`` keeps the check as an expected failure.
 
     ``backbone``: ``gcn`` (the paper's MetaMMF_GCN) is the default; ``lightgcn`` (ours: two
