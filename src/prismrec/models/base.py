@@ -181,7 +181,7 @@ class JointTable:
     def lr_factor(self, epoch):
         cfg = self.config
         if not hasattr(cfg, "lr_decay"):
-            return 1.0
+            return super().lr_factor(epoch)  # Model's (constant) schedule
         return cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
 
 
