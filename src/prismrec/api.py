@@ -13,7 +13,7 @@ from prismrec.bundle import read_bundle, save_bundle
 from prismrec.config import resolve, to_dict
 from prismrec.data.dataset import Dataset
 from prismrec.errors import PrismrecError
-from prismrec.evaluation import DEFAULT_KS, METRICS, evaluate_splits
+from prismrec.evaluation import DEFAULT_BLOCK, DEFAULT_KS, METRICS, evaluate_splits
 from prismrec.models.base import Model, get_model_class
 from prismrec.train.trainer import FitResult, Trainer, peak_rss_mb, seed_everything
 
@@ -164,7 +164,7 @@ class Recommender:
 
 
 def evaluate(rec: Recommender, dataset: Dataset, ks=DEFAULT_KS, splits=("valid", "test"),
-             metrics=METRICS, mask_valid_in_test: bool = False, block_size: int = 512) -> dict[str, dict]:
+             metrics=METRICS, mask_valid_in_test: bool = False, block_size: int = DEFAULT_BLOCK) -> dict[str, dict]:
     """Full-ranking metrics of a fitted :class:`Recommender` on ``dataset``'s splits."""
     model = rec._require_fitted()
     extra = {"test": dataset.valid} if mask_valid_in_test and "test" in splits else None

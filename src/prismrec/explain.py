@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from prismrec.errors import PrismrecError
-from prismrec.evaluation.ranking import topk_items
+from prismrec.evaluation.ranking import DEFAULT_BLOCK, topk_items
 from prismrec.models.base import Model
 
 log = logging.getLogger("prismrec")
@@ -215,8 +215,9 @@ def feature_attributions(model: Model, users, items, modalities=None, baseline: 
     return out
 
 
-def recommend_internal(model: Model, train, users, k: int, block_size: int = 512) -> np.ndarray:
-    """Top-``k`` internal item indices ``[len(users), k]`` with training items masked."""
+def recommend_internal(model: Model, train, users, k: int, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
+    """Top-``k`` internal item indices ``[len(users), k]`` with training items masked (``-1`` pads a
+    row when the user has fewer than ``k`` unseen items)."""
     with model.scoring():
         return topk_items(model.score, np.asarray(users, dtype=np.int64), k, mask=train, block_size=block_size)
 
@@ -248,6 +249,7 @@ def dominance(model: Model, train, users=None, k: int = 10, max_users: int = 200
     users = np.asarray(users, dtype=np.int64)
     top = recommend_internal(model, train, users, k)                      # [U, k]
     pu, pi = np.repeat(users, top.shape[1]), top.ravel()
+    pu, pi = pu[pi >= 0], pi[pi >= 0]  # -1: the user has fewer than k unseen items
     contrib = modality_contributions(model, pu, pi, method=method, baseline=baseline)
     dom = _dominant(contrib)
     mods = {m: contrib[m] for m in model.modalities}
@@ -268,6 +270,7 @@ def explain(rec, user, k: int = 10, dims: bool = True, method: str = "auto", bas
     ds = rec.dataset
     u = int(ds.user_map.index(user))
     top = recommend_internal(model, ds.train, np.array([u]), k)[0]
+    top = top[top >= 0]  # fewer than k unseen items
     users = np.full(len(top), u)
     contrib = modality_contributions(model, users, top, method=method, baseline=baseline)
     scores = sum(contrib.values())

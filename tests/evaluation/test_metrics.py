@@ -106,3 +106,30 @@ def test_cutoffs_longer_than_the_catalogue():
     ref = _reference(scores, train, truth, (10,))
     assert res["recall@10"] == pytest.approx(ref["recall@10"])
     assert res["recall@50"] == pytest.approx(1.0)  # every unmasked item is in a list of 50
+
+
+def test_masked_items_are_never_listed_even_when_too_few_are_left():
+    """A user with fewer than k unseen items gets -1 padding, not masked items at the tail."""
+    scores = np.tile(np.arange(6, dtype=np.float32), (2, 1))
+    mask = sp.csr_matrix(np.array([[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=np.float32))
+    top = topk_items(lambda u: torch.from_numpy(scores[u.numpy()]), np.arange(2), 4, mask)
+    assert top[0].tolist() == [5, 4, -1, -1]
+    assert top[1].tolist() == [5, 4, 3, 2]
+
+
+def test_score_buffer_is_reused_and_results_unchanged():
+    """A score function taking ``out`` gets one buffer for all blocks; metrics equal the plain path."""
+    rng = np.random.default_rng(4)
+    scores = torch.from_numpy(rng.standard_normal((50, 40)).astype(np.float32))
+    train = sp.csr_matrix((rng.random((50, 40)) < 0.2).astype(np.float32))
+    truth = sp.csr_matrix(((rng.random((50, 40)) < 0.1) & (train.toarray() == 0)).astype(np.float32))
+    seen = []
+
+    def with_out(u, out=None):
+        seen.append(None if out is None else out.data_ptr())
+        return torch.index_select(scores, 0, u, out=out) if out is not None else scores[u]
+
+    a = evaluate_splits(with_out, train, {"test": truth}, ks=(5, 10), block_size=16)
+    b = evaluate_splits(lambda u: scores[u], train, {"test": truth}, ks=(5, 10), block_size=16)
+    assert a == b
+    assert seen[0] is None and len(set(seen[1:])) == 1  # first block allocates, the rest reuse it

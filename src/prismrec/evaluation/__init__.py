@@ -1,13 +1,13 @@
 """Full-ranking evaluation (``specs/protocol.md``): masked top-K and Recall/NDCG/Precision/MAP/Hit."""
 from prismrec.evaluation.metrics import METRICS, metrics_from_hits
-from prismrec.evaluation.ranking import DEFAULT_KS, evaluate_splits, hits_of, topk_items
+from prismrec.evaluation.ranking import DEFAULT_BLOCK, DEFAULT_KS, evaluate_splits, ranked_hits, topk_items
 
-__all__ = ["METRICS", "DEFAULT_KS", "metrics_from_hits", "evaluate_splits", "hits_of", "topk_items",
+__all__ = ["METRICS", "DEFAULT_BLOCK", "DEFAULT_KS", "metrics_from_hits", "evaluate_splits", "ranked_hits", "topk_items",
            "evaluate_model"]
 
 
 def evaluate_model(model, dataset, splits=("valid", "test"), ks=DEFAULT_KS, metrics=METRICS,
-                   mask_valid_in_test: bool = False, block_size: int = 512):
+                   mask_valid_in_test: bool = False, block_size: int = DEFAULT_BLOCK):
     """Evaluate a trained model on ``splits`` of ``dataset`` by masked full ranking.
 
     Args:

@@ -22,21 +22,25 @@ def metrics_from_hits(hit: np.ndarray, n_pos: np.ndarray, ks, metrics=METRICS) -
     Returns:
         ``{"recall@20": ..., ...}``. Recall divides by ``n_u`` (not ``min(n_u, K)``), as MMRec does.
     """
-    hit = np.asarray(hit, dtype=np.float64)
+    hit = np.asarray(hit, dtype=bool)
+    n_users, kmax = hit.shape
     n_pos = np.asarray(n_pos, dtype=np.float64)
-    kmax = hit.shape[1]
-    ranks = np.arange(1, kmax + 1, dtype=np.float64)
-    cum_hits = np.cumsum(hit, axis=1)                       # [U, K]
-    disc = 1.0 / np.log2(ranks + 1.0)                       # [K]
-    dcg = np.cumsum(hit * disc, axis=1)                      # [U, K]
-    idcg_table = np.cumsum(disc)                             # [K]
-    prec_at_r = cum_hits / ranks                             # [U, K]
-    ap_sum = np.cumsum(prec_at_r * hit, axis=1)              # [U, K]
+    # Hits are sparse (well under one per user and cut-off), so every sum below runs over the hit
+    # positions only: np.nonzero lists them by user, then rank.
+    rows, ranks = np.nonzero(hit)
+    first = np.searchsorted(rows, rows)                      # index of the user's first hit
+    nth = np.arange(len(rows)) - first + 1                   # 1 for a user's first hit, 2 for ...
+    disc_table = 1.0 / np.log2(np.arange(2, kmax + 2, dtype=np.float64))
+    idcg_table = np.cumsum(disc_table)
+    gain = disc_table[ranks]                                  # DCG term of each hit
+    prec = nth / (ranks + 1.0)                                # precision at each hit's rank (AP term)
     out = {}
     for k in ks:
         if not 1 <= k <= kmax:
             raise ValueError(f"cut-off {k} outside 1..{kmax}")
-        h = cum_hits[:, k - 1]
+        sel = ranks < k
+        r = rows[sel]
+        h = np.bincount(r, minlength=n_users).astype(np.float64)
         denom = np.minimum(n_pos, k)
         for m in metrics:
             if m == "recall":
@@ -44,9 +48,9 @@ def metrics_from_hits(hit: np.ndarray, n_pos: np.ndarray, ks, metrics=METRICS) -
             elif m == "precision":
                 v = h / k
             elif m == "ndcg":
-                v = dcg[:, k - 1] / idcg_table[denom.astype(np.int64) - 1]
+                v = np.bincount(r, weights=gain[sel], minlength=n_users) / idcg_table[denom.astype(np.int64) - 1]
             elif m == "map":
-                v = ap_sum[:, k - 1] / denom
+                v = np.bincount(r, weights=prec[sel], minlength=n_users) / denom
             elif m == "hit":
                 v = (h > 0).astype(np.float64)
             else:

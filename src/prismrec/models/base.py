@@ -73,15 +73,17 @@ class Model(nn.Module):
         """Final ``(user [n_users, d], item [n_items, d])`` representations; score = dot product."""
         raise NotImplementedError(f"model '{self.name}' is not a dot-product model")
 
-    def score(self, users: torch.Tensor) -> torch.Tensor:
+    def score(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every item for ``users`` (internal indices) ``[len(users), n_items]``.
 
-        Must be called inside :meth:`scoring`, which computes the embeddings once.
+        Must be called inside :meth:`scoring`, which computes the embeddings once. ``out``, when
+        given, is a float32 ``[len(users), n_items]`` buffer the scores are written into (and
+        returned); ranking passes one buffer for all its user blocks.
         """
         if self._cache is None:
             raise RuntimeError("call score() inside `with model.scoring():`")
         u, i_t = self._cache[0], self._cache[-1]
-        return u[users] @ i_t
+        return torch.mm(u[users], i_t, out=out)
 
     def features(self, modality: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """Content features of ``modality`` for ``items`` (all items when None) ``[len, d_m]``.

@@ -32,7 +32,7 @@ import torch.distributed as tdist
 
 from prismrec.errors import PrismrecError
 from prismrec.evaluation.metrics import METRICS, metrics_from_hits
-from prismrec.evaluation.ranking import hits_of, topk_items
+from prismrec.evaluation.ranking import evaluation_groups, ranked_hits
 
 log = logging.getLogger("prismrec")
 
@@ -219,26 +219,14 @@ class DistContext:
             extra_masks: split -> more items to mask for that split (e.g. valid when ranking test).
         """
         ks, train = tuple(cfg.eval_ks), dataset.train
-        kmax = max(ks)
-        has_train = np.diff(train.indptr) > 0
-        extra_masks = extra_masks or {}
-        shared = {s: t for s, t in splits.items() if s not in extra_masks}
-        groups = [(shared, None)] + [({s: splits[s]}, extra_masks[s]) for s in splits if s in extra_masks]
         results = {}
-        for group, extra in groups:
-            if not group:
-                continue
-            users = {}
-            for s, t in group.items():
-                u = np.flatnonzero(np.diff(t.indptr) > 0)
-                users[s] = u[has_train[u]]
-            all_users = np.unique(np.concatenate(list(users.values())))
+        for group, extra, users, all_users in evaluation_groups(train, splits, extra_masks):
             mine = np.array_split(all_users, self.world_size)[self.rank]
-            top = topk_items(model.score, mine, kmax, train, cfg.eval_batch_size, extra)
+            hits = ranked_hits(model.score, mine, group, max(ks), train, cfg.eval_batch_size, extra)
             for s, u in users.items():
                 u_mine = u[(u >= mine[0]) & (u <= mine[-1])] if len(mine) else u[:0]
-                hit, n_pos = hits_of(top[np.searchsorted(mine, u_mine)], u_mine, group[s])
+                hit = hits[s][np.searchsorted(mine, u_mine)]
                 hit = self.all_gather_rows(hit.astype(np.uint8)).astype(bool)
-                n_pos = self.all_gather_rows(np.asarray(n_pos, dtype=np.int64))
+                n_pos = self.all_gather_rows(np.diff(group[s].indptr)[u_mine].astype(np.int64))
                 results[s] = metrics_from_hits(hit, n_pos, ks, METRICS)
         return {s: results[s] for s in splits}
