@@ -183,8 +183,9 @@ DEFAULT_DIMS = {"visual": 64, "acoustic": 32, "textual": 48}
 
 def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_user: float = 15.0, *,
                     dims: dict[str, int] | None = None, noise_fraction: float = 0.3, noise_scale: float = 1.0,
-                    noisy_modalities: list[str] | None = None, latent_dim: int = 8, private_dim: int = 4,
-                    beta: float = 2.0, feature_noise: float = 0.1, popularity: float = 0.5, seed: int = 0,
+                    noisy_modalities: list[str] | None = None, noise_kind: str = "gaussian", n_reused: int = 3,
+                    latent_dim: int = 8, private_dim: int = 4, beta: float = 2.0, feature_noise: float = 0.1,
+                    popularity: float = 0.5, seed: int = 0,
                     name: str = "microvideo-synth") -> tuple[Dataset, dict[str, np.ndarray]]:
     """Synthetic micro-video data where each modality's usefulness differs per item.
 
@@ -192,19 +193,30 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     probability ``∝ exp(beta · p_u·z_i)`` times a popularity prior. Modality ``m`` is a low-rank
     map of the shared part ``c_i`` and its own private part ``q_i^{(m)}`` plus a little noise, so
     every modality carries information the others lack, except
-    that for a known subset of items one modality is **pure noise**: ``noise_fraction`` of the
+    that for a known subset of items one modality is **noise**: ``noise_fraction`` of the
     items are split evenly between the ``noisy_modalities`` (default: all), and for the items
-    assigned to modality ``m`` the ``m`` features are Gaussian noise with ``noise_scale`` times
-    the per-dimension standard deviation of the clean ones (at 1, nothing but their lack of
-    structure tells them apart). A static fusion must trust a modality equally for every item;
-    an item-specific one (MetaMMF) could ignore it where it is noise.
+    assigned to modality ``m`` the ``m`` features say nothing about the item:
+
+    - ``noise_kind="gaussian"``: Gaussian noise with ``noise_scale`` times the per-dimension
+      standard deviation of the clean ones (at 1, nothing but their lack of structure tells
+      them apart).
+    - ``noise_kind="reused"`` (reused background music): exact copies of the ``m`` features of
+      ``n_reused`` clean source items (the "trending tracks"), each noisy item copying one of
+      them at random. The copy points to a real but wrong region of preference space
+      (misleading), is shared by many items (it cannot act as an item ID), and contradicts the
+      item's other modalities (the only thing that tells it apart). ``noise_scale`` is unused.
+
+    A static fusion must trust a modality equally for every item; an item-specific one
+    (MetaMMF) could ignore it where it is noise.
 
     Args:
         n_users, n_items, interactions_per_user: size.
         dims: modality -> feature dimension (default visual 64, acoustic 32, textual 48).
-        noise_fraction: share of items with one pure-noise modality.
-        noise_scale: standard deviation of that noise relative to the clean features'.
+        noise_fraction: share of items with one noise modality.
+        noise_scale: standard deviation of Gaussian noise relative to the clean features'.
         noisy_modalities: the modalities that are noise for some items (default: every one).
+        noise_kind: ``"gaussian"`` or ``"reused"`` (copies of a few clean items' features).
+        n_reused: number of source items (tracks) the ``"reused"`` noise copies, per modality.
         latent_dim: dimension of the shared latent part.
         private_dim: dimension of each modality's private latent part.
         beta: strength of the preference signal.
@@ -219,6 +231,8 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     dims = dict(DEFAULT_DIMS if dims is None else dims)
     if not 0 <= noise_fraction < 1:
         raise ValueError(f"noise_fraction must be in [0, 1), got {noise_fraction}")
+    if noise_kind not in ("gaussian", "reused"):
+        raise ValueError(f"noise_kind must be 'gaussian' or 'reused', got {noise_kind!r}")
     # the generator's one "latent" modality with zero noise is z_i through a random square map
     total = latent_dim + private_dim * len(dims)
     users, items, lat = synth_interactions(n_users, n_items, interactions_per_user,
@@ -232,6 +246,10 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
     if not set(noisy_modalities) <= set(dims):
         raise ValueError(f"noisy_modalities {noisy_modalities} must be among {list(dims)}")
     groups = dict(zip(noisy_modalities, np.array_split(noisy, len(noisy_modalities))))
+    if noise_kind == "reused":
+        clean = np.setdiff1d(np.arange(n_items), noisy)
+        if not 1 <= n_reused <= len(clean):
+            raise ValueError(f"n_reused must be in [1, {len(clean)}] (the clean items), got {n_reused}")
     features, noise_items = {}, {}
     for j, (m, d) in enumerate(dims.items()):
         group = groups.get(m, np.empty(0, np.int64))
@@ -239,8 +257,12 @@ def make_microvideo(n_users: int = 2000, n_items: int = 1000, interactions_per_u
         zm = np.concatenate([z[:, :latent_dim], z[:, private:private + private_dim]], axis=1)
         a = rng.standard_normal((zm.shape[1], d)).astype(np.float32) / np.sqrt(zm.shape[1])
         f = zm @ a + feature_noise * rng.standard_normal((n_items, d))
-        std = f.std(axis=0, keepdims=True)
-        f[group] = rng.standard_normal((len(group), d)) * (noise_scale * std) + f.mean(axis=0, keepdims=True)
+        if noise_kind == "gaussian":
+            std = f.std(axis=0, keepdims=True)
+            f[group] = rng.standard_normal((len(group), d)) * (noise_scale * std) + f.mean(axis=0, keepdims=True)
+        elif len(group):  # copies of a few clean items' features ("trending tracks")
+            sources = rng.choice(clean, n_reused, replace=False)
+            f[group] = f[sources[rng.integers(n_reused, size=len(group))]]
         features[m] = f.astype(np.float32)
         if m in groups:
             noise_items[m] = np.sort(group)
