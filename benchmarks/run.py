@@ -47,6 +47,24 @@ def time_full_eval(rec, ds, repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def machine_speed(n: int = 1024, reps: int = 20) -> float:
+    """Seconds of a fixed workload (``reps`` fp32 ``n x n`` products at the current thread count).
+
+    This VM alternates between phases that differ ~1.8x in speed for minutes at a time (same
+    process, same code); timing this before every repeat shows which phase each repeat ran in.
+    """
+    a = torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, a, out=out)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, a, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def summarise(rec) -> dict:
     """What the result file needs from a fitted run, so that the model itself can be freed."""
     signal = getattr(rec.model, "modality_signal", None)
@@ -85,21 +103,27 @@ def main(argv=None):
 
     ds = load_dataset(args.data)
     thread_opts = [int(t) for t in args.threads.split(",") if t] or [None]
-    runs, all_secs, first_peak = [], {}, None
+    runs, all_secs, all_evals, all_speeds, first_peak = [], {}, {}, {}, None
     for th in thread_opts:
         reps = []
         for _ in range(max(args.repeats, 1)):  # this VM's speed varies by up to 30% between processes
+            if th:
+                torch.set_num_threads(th)  # run_once sets it too; the probe runs at the same count
+            speed = machine_speed()
             rec, load0 = run_once(args, ds, th)
             # ru_maxrss only grows within a process: the first run's peak is one training's peak
             first_peak = rec.metrics["peak_rss_mb"] if first_peak is None else first_peak
-            reps.append((rec.metrics["sec_per_epoch"], th, summarise(rec), load0, time_full_eval(rec, ds)))
+            reps.append((rec.metrics["sec_per_epoch"], th, summarise(rec), load0, time_full_eval(rec, ds), speed))
             del rec  # a finished repeat's model must not inflate the next one's memory
             gc.collect()
         reps.sort(key=lambda r: r[0])
-        all_secs[str(th or torch.get_num_threads())] = [round(r[0], 4) for r in reps]
+        key = str(th or torch.get_num_threads())
+        all_secs[key] = [round(r[0], 4) for r in reps]
+        all_evals[key] = [round(r[4], 4) for r in reps]
+        all_speeds[key] = [round(r[5], 4) for r in reps]
         runs.append(reps[len(reps) // 2])  # the median repeat (the runs are deterministic, so only time differs)
     runs.sort(key=lambda r: r[0])
-    sec, threads, run, load0, eval_s = runs[0]
+    sec, threads, run, load0, eval_s, _ = runs[0]
     m = run["metrics"]
     name = args.name or (args.model + "".join("+" + p for p in args.plugin) + (f"-{args.epochs}ep" if args.epochs else ""))
     out = {
@@ -113,6 +137,9 @@ def main(argv=None):
         "sec_per_epoch_by_threads": {str(r[1] or torch.get_num_threads()): round(r[0], 4) for r in runs},
         "sec_per_epoch_repeats": all_secs,
         "eval_seconds": round(eval_s, 4), "setup_seconds": round(m["setup_seconds"], 3),
+        # per repeat, in the order of sec_per_epoch_repeats: one evaluation's seconds and the
+        # machine_speed() probe taken before the repeat (larger = a slow phase of the VM)
+        "eval_seconds_repeats": all_evals, "machine_speed_repeats": all_speeds,
         "peak_rss_mb": round(first_peak, 1), "parameters": run["parameters"],
         "valid": {k: round(v, 5) for k, v in m["valid"].items()},
         "test": {k: round(v, 5) for k, v in m["test"].items()},

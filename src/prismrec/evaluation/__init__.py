@@ -1,9 +1,23 @@
 """Full-ranking evaluation (``specs/protocol.md``): masked top-K and Recall/NDCG/Precision/MAP/Hit."""
 from prismrec.evaluation.metrics import METRICS, metrics_from_hits
-from prismrec.evaluation.ranking import DEFAULT_BLOCK, DEFAULT_KS, evaluate_splits, ranked_hits, topk_items
+from prismrec.evaluation.ranking import (
+    DEFAULT_BLOCK,
+    DEFAULT_KS,
+    evaluate_splits,
+    ranked_hits,
+    topk_items,
+)
 
-__all__ = ["METRICS", "DEFAULT_BLOCK", "DEFAULT_KS", "metrics_from_hits", "evaluate_splits", "ranked_hits", "topk_items",
-           "evaluate_model"]
+__all__ = [
+    "DEFAULT_BLOCK",
+    "DEFAULT_KS",
+    "METRICS",
+    "evaluate_model",
+    "evaluate_splits",
+    "metrics_from_hits",
+    "ranked_hits",
+    "topk_items",
+]
 
 
 def evaluate_model(model, dataset, splits=("valid", "test"), ks=DEFAULT_KS, metrics=METRICS,

@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from prismrec._faiss import import_faiss
 from prismrec.evaluation.metrics import METRICS, metrics_from_hits
 
 DEFAULT_KS = (5, 10, 20, 50)
@@ -56,7 +57,7 @@ def _ranked_blocks(score_fn, users: np.ndarray, k: int, masks, block_size: int):
             n_items = scores.shape[1]
             for m in masks:
                 flat = _cached(m, ("mask", ub.tobytes(), n_items),
-                               lambda: torch.from_numpy(_flat_coords(m, ub, n_items)))
+                               lambda m=m, ub=ub, n=n_items: torch.from_numpy(_flat_coords(m, ub, n)))
                 scores.view(-1)[flat] = -torch.inf
             yield s, ub, _select_top(scores, k)
 
@@ -81,7 +82,7 @@ def _select_top(scores: torch.Tensor, k: int) -> np.ndarray:
     item never enters the heap, so it is never returned. Ties are broken arbitrarily, as by
     ``torch.topk`` (and by MMRec, which uses it). NaN scores are never selected.
     """
-    import faiss  # deferred: ~0.2 s to import, and only ranking needs it
+    faiss = import_faiss()  # deferred: ~0.2 s to import
 
     x = scores.detach()
     if x.dtype != torch.float32:
@@ -157,7 +158,7 @@ def ranked_hits(score_fn, users: np.ndarray, truths: dict[str, sp.csr_matrix], k
         flats = []
         for j, (name, t) in enumerate(truths.items()):
             flat = _cached(t, ("truth", ub.tobytes(), n_items),
-                           lambda: torch.from_numpy(_flat_coords(t, ub, n_items)))
+                           lambda t=t, ub=ub, n=n_items: torch.from_numpy(_flat_coords(t, ub, n)))
             flat_lab[flat] |= 1 << j
             flats.append(flat)
         top_t = torch.from_numpy(top)

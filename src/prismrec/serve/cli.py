@@ -44,11 +44,12 @@ def register(app: typer.Typer) -> None:
 
 def run(settings, *, log_level: str = "warning", guard=(), fail=None) -> None:
     """Load the bundle and run uvicorn until interrupted."""
-    import faiss
     import torch
     import uvicorn
 
+    from prismrec._faiss import import_faiss
     from prismrec.serve.app import create_app
+    faiss = import_faiss()
     torch.set_num_threads(settings.torch_threads)
     try:
         app = create_app(settings)

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import torch
 
+from prismrec._faiss import import_faiss
+
 log = logging.getLogger("prismrec")
 
 
@@ -50,7 +52,7 @@ class FaissSearcher:
 
     def __init__(self, vectors: torch.Tensor, kind: str = "hnsw", *, hnsw_m: int = 32, ef_construction: int = 80,
                  ef_search: int = 64, nlist: int = 1024, nprobe: int = 64):
-        import faiss
+        faiss = import_faiss()
         x = np.ascontiguousarray(vectors.detach().cpu().numpy(), dtype=np.float32)
         n, d = x.shape
         t0 = time.perf_counter()
