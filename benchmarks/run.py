@@ -74,9 +74,7 @@ def summarise(rec) -> dict:
             "modality_signal": signal() if signal is not None else None}
 
 
-def run_once(args, ds, threads: int | None):
-    if threads:
-        torch.set_num_threads(threads)
+def run_once(args, ds):
     values = parse_overrides(args.set)
     if args.epochs:
         values["epochs"] = args.epochs
@@ -106,11 +104,11 @@ def main(argv=None):
     runs, all_secs, all_evals, all_speeds, first_peak = [], {}, {}, {}, None
     for th in thread_opts:
         reps = []
+        if th:
+            torch.set_num_threads(th)  # for the probe and the training alike
         for _ in range(max(args.repeats, 1)):  # this VM's speed varies by up to 30% between processes
-            if th:
-                torch.set_num_threads(th)  # run_once sets it too; the probe runs at the same count
             speed = machine_speed()
-            rec, load0 = run_once(args, ds, th)
+            rec, load0 = run_once(args, ds)
             # ru_maxrss only grows within a process: the first run's peak is one training's peak
             first_peak = rec.metrics["peak_rss_mb"] if first_peak is None else first_peak
             reps.append((rec.metrics["sec_per_epoch"], th, summarise(rec), load0, time_full_eval(rec, ds), speed))

@@ -6,9 +6,11 @@ of every command that ranks items. Those records are dropped; real failures stil
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 
+@functools.cache  # ranking calls it per user block; setLevel walks every logger
 def import_faiss():
     """The ``faiss`` module, with its loader's INFO records silenced."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -215,6 +215,14 @@ def feature_attributions(model: Model, users, items, modalities=None, baseline: 
     return out
 
 
+def recommended_pairs(users, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(user, item)`` pairs of the lists ``top`` of :func:`recommend_internal`, the ``-1`` padding
+    (users with fewer than ``k`` unseen items) left out."""
+    pu, pi = np.repeat(np.asarray(users), top.shape[1]), top.ravel()
+    ok = pi >= 0
+    return pu[ok], pi[ok]
+
+
 def recommend_internal(model: Model, train, users, k: int, block_size: int = DEFAULT_BLOCK) -> np.ndarray:
     """Top-``k`` internal item indices ``[len(users), k]`` with training items masked (``-1`` pads a
     row when the user has fewer than ``k`` unseen items)."""
@@ -248,8 +256,7 @@ def dominance(model: Model, train, users=None, k: int = 10, max_users: int = 200
         users = np.sort(rng.choice(active, size=min(max_users, len(active)), replace=False))
     users = np.asarray(users, dtype=np.int64)
     top = recommend_internal(model, train, users, k)                      # [U, k]
-    pu, pi = np.repeat(users, top.shape[1]), top.ravel()
-    pu, pi = pu[pi >= 0], pi[pi >= 0]  # -1: the user has fewer than k unseen items
+    pu, pi = recommended_pairs(users, top)
     contrib = modality_contributions(model, pu, pi, method=method, baseline=baseline)
     dom = _dominant(contrib)
     mods = {m: contrib[m] for m in model.modalities}

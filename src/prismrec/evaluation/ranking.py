@@ -147,14 +147,13 @@ def ranked_hits(score_fn, users: np.ndarray, truths: dict[str, sp.csr_matrix], k
         ``users[u]`` is in that split's row of ``truths``.
     """
     hits = {s: np.zeros((len(users), k), dtype=bool) for s in truths}
-    lab = None  # [block, n_items] bit labels: bit j set where the item is in split j
+    if not truths:
+        return hits
+    n_items = next(iter(truths.values())).shape[1]
+    # [block, n_items] bit labels, bit j set where the item is in split j; allocated once
+    lab = torch.zeros((min(block_size, len(users)), n_items), dtype=torch.int64 if len(truths) > 8 else torch.uint8)
+    flat_lab = lab.view(-1)
     for s, ub, top in _ranked_blocks(score_fn, users, k, [mask, extra_mask], block_size):
-        if not truths:
-            break
-        n_items = truths[next(iter(truths))].shape[1]
-        if lab is None:
-            lab = torch.zeros((block_size, n_items), dtype=torch.int64 if len(truths) > 8 else torch.uint8)
-        flat_lab = lab.view(-1)
         flats = []
         for j, (name, t) in enumerate(truths.items()):
             flat = _cached(t, ("truth", ub.tobytes(), n_items),

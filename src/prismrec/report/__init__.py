@@ -147,10 +147,10 @@ def _attribution(run: Run, users: int, dim_users: int, k: int) -> tuple[list[str
         active = np.flatnonzero(np.diff(rec.dataset.train.indptr) > 0)
         us = np.sort(rng.choice(active, size=min(dim_users, len(active)), replace=False))
         top = ex.recommend_internal(model, rec.dataset.train, us, min(k, 5))
-        pu, pi = np.repeat(us, top.shape[1]), top.ravel()
-        fa = ex.feature_attributions(model, pu[pi >= 0], pi[pi >= 0])
+        pu, pi = ex.recommended_pairs(us, top)
+        fa = ex.feature_attributions(model, pu, pi)
         if any(np.abs(a).sum() > 0 for a in fa.values()):
-            figs.append(_img(plots.feature_dimensions(f"{run.label}: feature dimensions behind {int((pi >= 0).sum())} "
+            figs.append(_img(plots.feature_dimensions(f"{run.label}: feature dimensions behind {len(pi)} "
                                                       f"recommendations ({len(us)} users × top {top.shape[1]})", fa),
                              f"feature-dimension attribution of {run.label}"))
         else:
