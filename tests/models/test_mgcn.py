@@ -90,6 +90,53 @@ def test_feature_table_gradient_buffer_is_reused_and_accumulates(tiny):
     assert torch.allclose(model.feat_image.grad, first, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_table_update_in_backward_equals_optimizer_step(tiny, monkeypatch, precision):
+    """The feature tables' Adam update applied inside backward (row blocks, the trainer's fast
+    path) gives the parameters and optimiser state that ``optimizer.step()`` gives."""
+    from prismrec.models import mgcn
+    monkeypatch.setattr(mgcn, "WIDE", 1)            # bf16 path on the narrow tiny features
+    monkeypatch.setattr(mgcn, "_BLOCK_ROWS", 7)     # several blocks and a ragged last one
+    batches = _batches(tiny)[:4]
+    runs = []
+    for in_backward in (False, True):
+        torch.manual_seed(0)
+        model = MGCN(tiny, mgcn.MGCNConfig(feature_precision=precision))
+        opt = model.configure_optimizer(1e-2, 1e-4)
+        model.step_in_backward(opt if in_backward else None)
+        for b in batches:
+            opt.zero_grad(set_to_none=True)
+            model.loss(b).backward()
+            assert (model.feat_image.grad is None) == in_backward
+            opt.step()
+        runs.append((model, opt))
+    (ref, ref_opt), (fast, fast_opt) = runs
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+    for table in ("feat_image", "feat_text"):
+        sa, sb = ref_opt.state[getattr(ref, table)], fast_opt.state[getattr(fast, table)]
+        assert sa["step"].item() == sb["step"].item() == len(batches)
+        assert torch.allclose(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+    if precision == "bfloat16":  # the bf16 copy the next forward reads is the updated table
+        assert torch.equal(fast._grad_buffers["image.x16"], fast.feat_image.detach().bfloat16())
+    # a table written after the update (best-state restore) is copied again, not read stale
+    fast.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        assert torch.equal(torch.cat(fast.embeddings()), torch.cat(ref.embeddings()))
+
+
+def test_table_update_in_backward_only_for_plain_adam(tiny):
+    from prismrec.models.base import adam_state
+    torch.manual_seed(0)
+    model = build_model("mgcn", tiny)
+    x = model.feat_image
+    assert adam_state(torch.optim.SGD(model.parameters(), lr=0.1), x) is None
+    assert adam_state(torch.optim.Adam(model.parameters(), amsgrad=True), x) is None
+    assert adam_state(torch.optim.Adam([model.embedding]), x) is None
+    group, state = adam_state(torch.optim.Adam(model.parameters()), x)
+    assert state["exp_avg"].shape == x.shape and state["step"].item() == 0
+
+
 def test_loss_decreases_on_synthetic_data(tiny):
     torch.manual_seed(0)
     model = build_model("mgcn", tiny)

@@ -117,9 +117,12 @@ class Trainer:
         is_main = self.dist is None or self.dist.rank == 0
         show = self.show_progress and is_main
         epoch_bar = tqdm(total=cfg.epochs, initial=start, desc=model.name, unit="epoch", disable=not show)
+        # updates inside backward() need gradients that are final there: no all-reduce, no clipping
+        model.step_in_backward(opt if self.dist is None and cfg.clip_grad_norm <= 0 else None)
         try:
             self._loop(epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main)
         finally:
+            model.step_in_backward(None)
             epoch_bar.close()
         res.epochs_run = len(res.history)
         res.best_valid = res.best_valid or {}
