@@ -57,8 +57,9 @@ def _reference_loss(model: MGCN, batch) -> torch.Tensor:
 
 
 def test_batch_rows_loss_and_gradients_match_full_reference(tiny):
+    from prismrec.models.mgcn import MGCNConfig
     torch.manual_seed(0)
-    model = build_model("mgcn", tiny)
+    model = build_model("mgcn", tiny, MGCNConfig(cl_precision="float32"))  # MMRec's arithmetic
     batch = _batches(tiny)[0]
     fast = model.loss(batch)
     fast.backward()
@@ -225,3 +226,21 @@ def test_info_nce_matches_cross_entropy_form():
         ref = F.cross_entropy(an @ bn.T / tau, torch.arange(120))
         assert torch.allclose(info_nce_rows(a, b, index, tau), ref)
         assert torch.autograd.gradcheck(lambda x, y, t=tau, i=index: info_nce_rows(x, y, i, t), (a, b))
+
+
+def test_info_nce_bfloat16_products_stay_close_to_float32():
+    from prismrec.models.layers import info_nce_rows
+    torch.manual_seed(0)
+    a = torch.randn(300, 64, requires_grad=True)
+    b = torch.randn(300, 64, requires_grad=True)
+    index = torch.randint(0, 300, (500,))
+    out = {}
+    for precision in (torch.float32, torch.bfloat16):
+        a.grad = b.grad = None
+        loss = info_nce_rows(a, b, index, 0.2, precision)
+        loss.backward()
+        out[precision] = loss.item(), a.grad.clone(), b.grad.clone()
+    lo, hi = out[torch.bfloat16], out[torch.float32]
+    assert lo[0] == pytest.approx(hi[0], rel=2e-3)
+    for x, y in zip(lo[1:], hi[1:]):
+        assert 0 < (x - y).norm() / y.norm() < 2e-2  # close, and really computed in bf16

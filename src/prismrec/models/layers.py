@@ -55,21 +55,26 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     if temperature < 1 / 30:  # e^{±1/τ} could leave float32's range: the max-shifted form
         return F.cross_entropy(a @ b.T / temperature, torch.arange(len(a), device=a.device))
-    return _InfoNCE.apply(a / temperature, b, torch.ones(len(a), dtype=a.dtype, device=a.device))
+    return _InfoNCE.apply(a / temperature, b, torch.ones(len(a), dtype=a.dtype, device=a.device), a.dtype)
 
 
-def info_nce_rows(a: torch.Tensor, b: torch.Tensor, index: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce_rows(a: torch.Tensor, b: torch.Tensor, index: torch.Tensor, temperature: float,
+                  precision: torch.dtype | None = None) -> torch.Tensor:
     """``info_nce(a[index], b[index], temperature)``, computed once per distinct index.
 
     A batch repeats rows (a popular item is the positive of many pairs; MGCN's InfoNCE keeps the
     duplicates as negatives): duplicates are weighted by their count instead of multiplied again,
     which gives the same value and gradients with ``(distinct/B)²`` of the work.
+
+    ``precision=torch.bfloat16`` (default: ``a``'s dtype) multiplies bf16 copies in the three ``[B, B]`` products (fp32
+    accumulation; exponentials, sums and the loss stay fp32): ~2x faster products on CPUs with
+    native bf16, gradients within ~1% of fp32's.
     """
     if temperature < 1 / 30:
         return info_nce(a[index], b[index], temperature)
     rows, counts = torch.unique(index, return_counts=True)
     a, b = F.normalize(a[rows], dim=1), F.normalize(b[rows], dim=1)
-    return _InfoNCE.apply(a / temperature, b, counts.to(a.dtype))
+    return _InfoNCE.apply(a / temperature, b, counts.to(a.dtype), precision or a.dtype)
 
 
 class _InfoNCE(torch.autograd.Function):
@@ -82,10 +87,12 @@ class _InfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, b, c):
-        p = (a @ b.T).exp_()                              # [B, B]
+    def forward(ctx, a, b, c, precision):
+        low = precision != a.dtype
+        ctx.low = low
+        p = (a.to(precision) @ b.to(precision).T).to(a.dtype).exp_() if low else (a @ b.T).exp_()  # [B, B]
         total = p @ c                                     # [B]
-        ctx.save_for_backward(a, b, c, p, total)
+        ctx.save_for_backward(a, b, c, p.to(precision) if low else p, total)
         return (c * (total.log() - (a * b).sum(dim=1))).sum() / c.sum()
 
     @staticmethod
@@ -93,9 +100,12 @@ class _InfoNCE(torch.autograd.Function):
         a, b, c, p, total = ctx.saved_tensors
         w = (c * g / c.sum())[:, None]                    # [B, 1]
         inv = (1.0 / total)[:, None]                      # softmax rows: P = diag(1/total) p diag(c)
-        grad_a = w * (p @ (b * c[:, None]) * inv - b)
-        grad_b = w * (p.T @ (a * (c[:, None] * inv)) - a)
-        return grad_a, grad_b, None
+        pb, pa = b * c[:, None], a * (c[:, None] * inv)
+        if ctx.low:
+            pb, pa = (p @ pb.to(p.dtype)).to(a.dtype), (p.T @ pa.to(p.dtype)).to(a.dtype)
+        else:
+            pb, pa = p @ pb, p.T @ pa
+        return w * (pb * inv - b), w * (pa - a), None, None
 
 
 def dot(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,8 @@ class MGCNConfig(ModelConfig):
     # multiplies bf16 copies with fp32 accumulation (the table and its update stay fp32); "auto"
     # picks bfloat16 where the hardware has it natively (AVX512-BF16/AMX CPUs, CUDA)
     feature_precision: str = "auto"
+    # precision of InfoNCE's [B, B] similarity products (same choices; exponentials and sums stay fp32)
+    cl_precision: str = "auto"
 
     def __post_init__(self):
         for name in ("embedding_dim", "num_ui_layers", "knn_k", "reg_batch_size", "lr_decay_epochs"):
@@ -44,8 +46,9 @@ class MGCNConfig(ModelConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_ii_layers < 0:
             raise ValueError(f"num_ii_layers must be >= 0, got {self.num_ii_layers}")
-        if self.feature_precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
+        for name in ("feature_precision", "cl_precision"):
+            if getattr(self, name) not in ("auto", "float32", "bfloat16"):
+                raise ValueError(f"{name} must be auto, float32 or bfloat16, got {getattr(self, name)!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -202,6 +205,7 @@ class MGCN(JointTable, Model):
         self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
         low = resolve_precision(cfg.feature_precision) == torch.bfloat16
         self.bf16 = {m: low and dims[m] >= WIDE for m in self.modalities}
+        self.cl_dtype = resolve_precision(cfg.cl_precision)
         self._grad_buffers: dict[str, torch.Tensor] = {}
         self._step_optimizer: torch.optim.Optimizer | None = None
 
@@ -261,6 +265,6 @@ class MGCN(JointTable, Model):
         e = e_id + e_mul
         u, p, n = e[u_at], e[i_at[:b]], e[i_at[b:]]
         reg = l2_loss(u, p, n, denom=cfg.reg_batch_size)
-        cl = (info_nce_rows(e_mul, e_id, i_at[:b], cfg.temperature)     # positive items, duplicates kept
-              + info_nce_rows(e_mul, e_id, u_at, cfg.temperature))     # users
+        cl = (info_nce_rows(e_mul, e_id, i_at[:b], cfg.temperature, self.cl_dtype)  # positive items, duplicates kept
+              + info_nce_rows(e_mul, e_id, u_at, cfg.temperature, self.cl_dtype))  # users
         return bpr_loss(dot(u, p), dot(u, n)) + cfg.reg_weight * reg + cfg.cl_weight * cl
