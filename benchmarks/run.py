@@ -65,6 +65,22 @@ def machine_speed(n: int = 1024, reps: int = 20) -> float:
     return best
 
 
+def memory_speed(mb: int = 128, reps: int = 10) -> float:
+    """Seconds of a fixed memory-bound workload (``reps`` element-wise sums of two ``mb`` MB
+    arrays into a third). The VM's slow phases show here more clearly than in the product
+    probe: they slow memory-bound work (sparse products, top-k selection, Adam) the most."""
+    n = mb * (1 << 20) // 4
+    a, b, out = torch.ones(n), torch.ones(n), torch.empty(n)
+    torch.add(a, b, out=out)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.add(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def summarise(rec) -> dict:
     """What the result file needs from a fitted run, so that the model itself can be freed."""
     signal = getattr(rec.model, "modality_signal", None)
@@ -101,13 +117,13 @@ def main(argv=None):
 
     ds = load_dataset(args.data)
     thread_opts = [int(t) for t in args.threads.split(",") if t] or [None]
-    runs, all_secs, all_evals, all_speeds, first_peak = [], {}, {}, {}, None
+    runs, all_secs, all_evals, all_speeds, all_memory, first_peak = [], {}, {}, {}, {}, None
     for th in thread_opts:
         reps = []
         if th:
             torch.set_num_threads(th)  # for the probe and the training alike
         for _ in range(max(args.repeats, 1)):  # this VM's speed varies by up to 30% between processes
-            speed = machine_speed()
+            speed = (machine_speed(), memory_speed())
             rec, load0 = run_once(args, ds)
             # ru_maxrss only grows within a process: the first run's peak is one training's peak
             first_peak = rec.metrics["peak_rss_mb"] if first_peak is None else first_peak
@@ -118,7 +134,8 @@ def main(argv=None):
         key = str(th or torch.get_num_threads())
         all_secs[key] = [round(r[0], 4) for r in reps]
         all_evals[key] = [round(r[4], 4) for r in reps]
-        all_speeds[key] = [round(r[5], 4) for r in reps]
+        all_speeds[key] = [round(r[5][0], 4) for r in reps]
+        all_memory[key] = [round(r[5][1], 4) for r in reps]
         runs.append(reps[len(reps) // 2])  # the median repeat (the runs are deterministic, so only time differs)
     runs.sort(key=lambda r: r[0])
     sec, threads, run, load0, eval_s, _ = runs[0]
@@ -138,6 +155,8 @@ def main(argv=None):
         # per repeat, in the order of sec_per_epoch_repeats: one evaluation's seconds and the
         # machine_speed() probe taken before the repeat (larger = a slow phase of the VM)
         "eval_seconds_repeats": all_evals, "machine_speed_repeats": all_speeds,
+        # memory_speed() probe, the same way (element-wise sums over 128 MB arrays)
+        "memory_speed_repeats": all_memory,
         "peak_rss_mb": round(first_peak, 1), "parameters": run["parameters"],
         "valid": {k: round(v, 5) for k, v in m["valid"].items()},
         "test": {k: round(v, 5) for k, v in m["test"].items()},

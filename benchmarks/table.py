@@ -76,6 +76,28 @@ def cp_table(lines, results):
     lines.append("")
 
 
+def seed_table(lines, folder):
+    """Per-seed 5-epoch MGCN runs: prismrec's own pipeline, MMRec's (transcribed), and prismrec's
+    model on MMRec's random streams (``benchmarks/mmrec_mgcn.py --prismrec``)."""
+    files = [("prismrec (own sampler and init)", "mgcn-5ep-seeds.json"),
+             ("MMRec (`benchmarks/mmrec_mgcn.py`)", "mmrec-mgcn-5ep-seeds.json"),
+             ("prismrec on MMRec's init and batches, fp32", "mgcn-5ep-on-mmrec-stream-fp32.json"),
+             ("prismrec on MMRec's init and batches, default precision", "mgcn-5ep-on-mmrec-stream.json")]
+    runs = [(label, json.loads((folder / f).read_text())) for label, f in files if (folder / f).is_file()]
+    if not runs:
+        return
+    seeds = sorted({r["seed"] for _, d in runs for r in d["runs"]}, key=lambda x: (x != 999, x))
+    lines.extend(["## MGCN after 5 epochs, per seed (test R@20 / N@20)", "",
+                  "| pipeline | " + " | ".join(f"seed {x}" for x in seeds) + " | mean R@20 | mean N@20 |",
+                  "|---|" + "---|" * (len(seeds) + 2)])
+    for label, d in runs:
+        by = {r["seed"]: r for r in d["runs"]}
+        cells = [f"{by[x]['test_recall@20']:.4f} / {by[x]['test_ndcg@20']:.4f}" if x in by else "—" for x in seeds]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {d['test_recall@20']['mean']:.4f} | "
+                     f"{d['test_ndcg@20']['mean']:.4f} |")
+    lines.append("")
+
+
 def main(dataset: str = "baby-like") -> Path:
     folder = HERE / "results" / dataset
     peers = json.loads((HERE / "peers.json").read_text()).get(dataset, {})
@@ -121,6 +143,7 @@ def main(dataset: str = "baby-like") -> Path:
     section("Fixed epoch count (MMRec's settings of peers.md)", fixed, "5ep")
     section("Trained to early stopping (patience 20 on valid Recall@20)", conv, "converged")
     section("Other runs", other, "converged")
+    seed_table(lines, folder)
     plugin_table(lines, results)
     cp_table(lines, results)
     pop = peers.get("popularity")
