@@ -55,12 +55,17 @@ def machine_speed(n: int = 1024, reps: int = 20) -> float:
     """
     a = torch.randn(n, n)
     out = torch.empty(n, n)
-    torch.mm(a, a, out=out)
+    return _best_of(lambda: torch.mm(a, a, out=out), reps)
+
+
+def _best_of(work, reps: int, tries: int = 3) -> float:
+    """The fastest of ``tries`` timings of ``reps`` calls of ``work`` (after one warm-up call)."""
+    work()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(tries):
         t0 = time.perf_counter()
         for _ in range(reps):
-            torch.mm(a, a, out=out)
+            work()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -71,14 +76,7 @@ def memory_speed(mb: int = 128, reps: int = 10) -> float:
     probe: they slow memory-bound work (sparse products, top-k selection, Adam) the most."""
     n = mb * (1 << 20) // 4
     a, b, out = torch.ones(n), torch.ones(n), torch.empty(n)
-    torch.add(a, b, out=out)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            torch.add(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _best_of(lambda: torch.add(a, b, out=out), reps)
 
 
 def summarise(rec) -> dict:
