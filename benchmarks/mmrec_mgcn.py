@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""MMRec's MGCN training pipeline, transcribed into one standalone script (no prismrec code).
+"""MMRec's MGCN and LightGCN training pipelines, transcribed into one standalone script (no prismrec code).
 
     python benchmarks/mmrec_mgcn.py --data /tmp/baby-like --seeds 999,1,2,3,4 --epochs 5 \\
         --threads 2 --out benchmarks/results/baby-like/mmrec-mgcn-5ep-seeds.json
+    python benchmarks/mmrec_mgcn.py --data /tmp/baby-like --model lightgcn --epochs 1 --seeds 999
+
+``--model`` picks MMRec's model (default ``mgcn``); everything around the model (split, loaders,
+trainer, evaluator) is the same MMRec code for both.
 
 Why it exists
 -------------
@@ -14,6 +18,13 @@ take-off, so the 5-epoch numbers move with the seed. This script runs *MMRec's o
 on the same data, to see how much MMRec's 5-epoch numbers vary and whether 0.0722 is a favourable
 seed.
 
+LightGCN (``--model lightgcn``) is here for timing in the same conditions: peers.md gives MMRec's
+LightGCN 3.0 s per training epoch and 2.1 s per evaluation of all valid users, measured on another
+day; ``paired_mmrec.py --model lightgcn`` runs this pipeline and prismrec's ``run.py`` in alternating
+rounds so that the VM's speed drift cancels in the ratio. Every run records, per epoch, the training
+seconds and the seconds of each of the trainer's two evaluations (``_valid_epoch(valid_data)`` and
+``_valid_epoch(test_data)``: one full ranking of all valid, resp. test, users).
+
 What is transcribed (MMRec files, read from the repository; commit in brackets)
 --------------------------------------------------------------------------------
 - ``src/utils/dataset.py`` RecDataset: load/split by ``x_label``, drop cold-start valid/test users,
@@ -24,6 +35,14 @@ What is transcribed (MMRec files, read from the repository; commit in brackets)
   users in order of first appearance, training items masked; valid items stay unmasked at test)                            [a75d89a]
 - ``src/common/abstract_recommender.py`` GeneralRecommender (feature loading)            [a75d89a]
 - ``src/models/mgcn.py`` MGCN (model, BPR + emb-reg / batch_size, InfoNCE at 0.2)        [a5b713d]
+- ``src/models/lightgcn.py`` LightGCN (``nn.ParameterDict`` of xavier-uniform user/item tables,
+  symmetric-normalised bipartite graph with +1e-7 on the degrees, mean of the layer outputs,
+  ``BPRLoss`` on the propagated embeddings + ``reg_weight * EmbLoss`` on the ego embeddings)
+                                                  [250d305; 18d8b57 has the same code, other comments]
+- ``src/common/loss.py`` BPRLoss (``-log(1e-10 + sigmoid(pos - neg)).mean()``) and EmbLoss (sum of
+  the tables' Frobenius norms, not squared, / rows of the last one)                      [a75d89a]
+- ``src/common/init.py`` xavier_uniform_initialization: imported by lightgcn.py, whose
+  ``self.apply(...)`` call is commented out there, so unused here as in MMRec            [a75d89a]
 - ``src/common/trainer.py`` Trainer (Adam, weight_decay 0, LambdaLR 0.96 ** (epoch / 50) stepped
   after each epoch, ``_train_epoch``, ``fit`` with valid then test after every epoch, early
   stopping on valid Recall@20, ``evaluate`` masks training items with -1e10 and takes top-50)
@@ -35,8 +54,19 @@ What is transcribed (MMRec files, read from the repository; commit in brackets)
   get_sparse_laplacian                                                                    [a5b713d]
 - ``src/utils/quick_start.py`` the order of events per seed: loaders built once, then per seed
   ``init_seed(seed)`` -> ``train_data.pretrain_setup()`` -> model -> Trainer -> ``fit``  [14d38fd]
-- ``src/configs/overall.yaml`` + ``configs/dataset/baby.yaml`` + ``configs/model/MGCN.yaml``: see
-  ``CONFIG`` below.
+- ``src/configs/overall.yaml`` [20b23da; 8aa1cf2 differs only in ``data_path``] +
+  ``configs/dataset/baby.yaml`` [a75d89a] + ``configs/model/MGCN.yaml`` [69f4ca9] or
+  ``configs/model/LightGCN.yaml``, merged as ``Config._load_dataset_model_config`` does
+  (``src/utils/configurator.py`` [20b23da]): see ``CONFIGS`` below. ``LightGCN.yaml`` of
+  enoche/MMRec is not in the code index these files were read from; its content is taken from the
+  copies in MMRec forks (1101909/MMREC@167dc04: ``embedding_size: 64``, ``is_multimodal_model:
+  False``, ``n_layers: [1, 2, 3, 4]``, ``reg_weight: [1e-02, 1e-03, 1e-04, 1e-05, 1e-06]``,
+  ``hyper_parameters: ["n_layers", "reg_weight"]``), which is word for word upstream's
+  ``LightGCNTorch.yaml`` [f29d2de]; the other forks that keep the file change only the grids and
+  all keep ``is_multimodal_model: False``. So MMRec's GeneralRecommender loads no modality features
+  for LightGCN (its ``if not end2end and is_multimodal_model`` branch), and neither does this
+  script; and the learning-rate schedule is overall.yaml's ``[1.0, 50]`` (constant), since
+  LightGCN.yaml does not override it.
 
 Because model init (torch CPU RNG), negative sampling (Python ``random``) and shuffling (numpy)
 all draw from the seeded CPU generators exactly as in MMRec, the random streams are MMRec's; only
@@ -54,22 +84,34 @@ Deviations from MMRec (every one of them)
    cpu) instead of "cuda if available".
 4. ``torch.sparse.FloatTensor(i, v, shape)`` (deprecated) becomes ``torch.sparse_coo_tensor(i, v,
    shape)``: same tensor.
-5. MMRec's yaml ``Config`` is replaced by the merged dict ``CONFIG`` (overall.yaml, baby.yaml,
-   MGCN.yaml). ``cl_loss`` is fixed at 0.01 instead of MGCN.yaml's grid [0.001, 0.01, 0.1] (MMRec
-   would run the three values one after another; each run re-seeds and resets the loaders, so the
-   0.01 run is the same alone). ``epochs`` and the list of seeds come from the command line.
+5. MMRec's yaml ``Config`` is replaced by the merged dicts ``CONFIGS`` (overall.yaml, baby.yaml,
+   MGCN.yaml or LightGCN.yaml; only the keys MMRec's code reads on these paths). ``cl_loss`` is
+   fixed at 0.01 instead of MGCN.yaml's grid [0.001, 0.01, 0.1] (MMRec would run the three values
+   one after another; each run re-seeds and resets the loaders, so the 0.01 run is the same alone).
+   Likewise LightGCN's ``n_layers`` is fixed at 2 (grid [1, 2, 3, 4]) and ``reg_weight`` at 1e-4
+   (grid [1e-2 .. 1e-6]), peers.md's setting. ``epochs`` and the list of seeds come from the
+   command line.
 6. Branches that this configuration never takes are left out: neighbourhood loss
    (``use_neighborhood_loss`` unset), full-user sampling (``use_full_sampling: False``), the
    ``mg`` training trick (off), gradient clipping (``clip_grad_norm`` unset), writing the
    recommended top-k CSV (``evaluate`` is called with ``is_test=False`` in ``fit``), plotting,
    logging to files (``print`` instead), ``AbstractDataLoader.sparsity`` (unused).
 7. Two list-to-tensor conversions go through numpy first (``EvalDataLoader._get_pos_items_per_u``
-   result, same values), and the evaluator's hit test ``i in m`` (m a numpy array) uses a Python
-   set of m (same booleans, much faster).
+   result, same values). The evaluator's hit test is MMRec's own ``i in m`` over numpy arrays
+   (~1.8 s of a baby-like evaluation), so the evaluation seconds recorded here are MMRec's.
 8. The interaction file is ``<folder name>.inter`` (or the only ``*.inter`` in ``--data``), as
    MMRec's ``inter_file_name`` would be set in a dataset yaml.
 9. ``torch.set_num_threads(--threads)`` is set; MMRec leaves torch's default.
-10. Output: one line per epoch and a JSON summary instead of MMRec's logger.
+10. Output: one line per epoch and a JSON summary instead of MMRec's logger. ``Trainer.fit`` also
+    times ``_valid_epoch(valid_data)`` and ``_valid_epoch(test_data)`` separately (two
+    ``time.perf_counter()`` pairs around MMRec's calls; nothing else changes) and hands the two
+    numbers to the per-epoch callback.
+11. LightGCN ``get_norm_adj_mat``: ``A._update(data_dict)`` (a private ``dok_matrix`` method that
+    today's scipy no longer has) becomes ``A._dict.update(data_dict)`` where ``_update`` is
+    missing: the same entries stored the same way (a plain dict update, no per-entry checks).
+    ``torch.sparse.FloatTensor(i, data, shape)`` becomes ``torch.sparse_coo_tensor(i, data, shape)``
+    as in deviation 4.
+12. ``--prismrec`` (the equivalence check below, not MMRec code) exists for MGCN only.
 """
 from __future__ import annotations
 
@@ -102,10 +144,9 @@ class Config(dict):
         return None
 
 
-# Merged MMRec configuration: src/configs/overall.yaml, then configs/dataset/baby.yaml, then
-# configs/model/MGCN.yaml (later files win), as Config._load_dataset_model_config merges them.
-CONFIG = Config({
-    # overall.yaml
+# MMRec's configuration files, each as the keys MMRec's code reads on these paths.
+# src/configs/overall.yaml
+_OVERALL_YAML = {
     "seed": 999,
     "inter_splitting_label": "x_label",
     "filter_out_cod_start_users": True,
@@ -119,6 +160,7 @@ CONFIG = Config({
     "train_batch_size": 2048,
     "learner": "adam",
     "learning_rate": 0.001,
+    "learning_rate_scheduler": [1.0, 50],
     "eval_step": 1,
     "training_neg_sample_num": 1,
     "use_neg_sampling": True,
@@ -128,22 +170,52 @@ CONFIG = Config({
     "valid_metric": "Recall@20",
     "valid_metric_bigger": True,  # set by Config._set_default_parameters
     "eval_batch_size": 4096,
-    # dataset/baby.yaml
+}
+# configs/dataset/baby.yaml
+_BABY_YAML = {
     "USER_ID_FIELD": "userID",
     "ITEM_ID_FIELD": "itemID",
     "field_separator": "\t",
     "vision_feature_file": "image_feat.npy",
     "text_feature_file": "text_feat.npy",
-    # model/MGCN.yaml
+}
+# configs/model/MGCN.yaml
+_MGCN_YAML = {
+    "embedding_size": 64,
     "n_ui_layers": 2,
     "n_layers": 1,
     "learning_rate_scheduler": [0.96, 50],
     "lambda_coeff": 0.9,  # unused by MGCN
     "reg_weight": 1e-04,
     "knn_k": 10,
+    "learning_rate": 0.001,
     "cl_loss": 0.01,  # MGCN.yaml: grid [0.001, 0.01, 0.1]; fixed here (deviation 5)
-    "model": "MGCN",
-})
+    "model": "MGCN",  # Config.__init__: config_dict['model'] = model
+}
+# configs/model/LightGCN.yaml (not in the index for enoche/MMRec; content from the forks' copies,
+# identical to upstream's LightGCNTorch.yaml -- see the module docstring)
+_LIGHTGCN_YAML = {
+    "embedding_size": 64,
+    "is_multimodal_model": False,  # GeneralRecommender loads no features for LightGCN
+    "n_layers": 2,  # LightGCN.yaml: grid [1, 2, 3, 4]; fixed here (deviation 5, peers.md)
+    "reg_weight": 1e-04,  # LightGCN.yaml: grid [1e-02 .. 1e-06]; fixed here (deviation 5, peers.md)
+    "model": "LightGCN",
+}
+
+
+def _merge(*files):
+    """Config._load_dataset_model_config: overall, then dataset, then model (later files win)."""
+    config = Config()
+    for f in files:
+        config.update(f)
+    return config
+
+
+CONFIGS = {
+    "mgcn": _merge(_OVERALL_YAML, _BABY_YAML, _MGCN_YAML),
+    "lightgcn": _merge(_OVERALL_YAML, _BABY_YAML, _LIGHTGCN_YAML),
+}
+CONFIG = CONFIGS["mgcn"]
 
 
 # ---------------------------------------------------------------- src/utils/utils.py
@@ -601,12 +673,10 @@ class TopKEvaluator(object):
         topk_index = torch.cat(batch_matrix_list, dim=0).cpu().numpy()
         # (save_recommended_topk only acts when is_test; fit never passes is_test -- deviation 6)
         assert len(pos_len_list) == len(topk_index)
-        # if recom right?  MMRec: [True if i in m else False for i in n] with m a numpy array;
-        # a set of m gives the same booleans (deviation 7).
+        # if recom right?  (MMRec's own hit test, kept as is: its cost is part of MMRec's evaluation)
         bool_rec_matrix = []
         for m, n in zip(pos_items, topk_index):
-            ms = set(m.tolist())
-            bool_rec_matrix.append([True if i in ms else False for i in n.tolist()])
+            bool_rec_matrix.append([True if i in m else False for i in n])
         bool_rec_matrix = np.asarray(bool_rec_matrix)
 
         metric_dict = {}
@@ -903,6 +973,213 @@ class MGCN(GeneralRecommender):
         return scores
 
 
+# ---------------------------------------------------------------- src/common/loss.py
+class BPRLoss(nn.Module):
+
+    """ BPRLoss, based on Bayesian Personalized Ranking
+
+    Args:
+        - gamma(float): Small value to avoid division by zero
+
+    Shape:
+        - Pos_score: (N)
+        - Neg_score: (N), same shape as the Pos_score
+        - Output: scalar.
+    """
+    def __init__(self, gamma=1e-10):
+        super(BPRLoss, self).__init__()
+        self.gamma = gamma
+
+    def forward(self, pos_score, neg_score):
+        loss = - torch.log(self.gamma + torch.sigmoid(pos_score - neg_score)).mean()
+        return loss
+
+
+class EmbLoss(nn.Module):
+    """ EmbLoss, regularization on embeddings
+
+    """
+    def __init__(self, norm=2):
+        super(EmbLoss, self).__init__()
+        self.norm = norm
+
+    def forward(self, *embeddings):
+        emb_loss = torch.zeros(1).to(embeddings[-1].device)
+        for embedding in embeddings:
+            emb_loss += torch.norm(embedding, p=self.norm)
+        emb_loss /= embeddings[-1].shape[0]
+        return emb_loss
+
+
+# ---------------------------------------------------------------- src/common/init.py
+def xavier_uniform_initialization(module):
+    r""" using `xavier_uniform_` in PyTorch to initialize the parameters in
+    nn.Embedding and nn.Linear layers. For bias in nn.Linear layers,
+    using constant 0 to initialize.
+
+    (Imported by MMRec's lightgcn.py, where ``self.apply(xavier_uniform_initialization)`` is
+    commented out: unused, kept for completeness.)
+    """
+    if isinstance(module, nn.Embedding) or isinstance(module, nn.Parameter):
+        nn.init.xavier_uniform_(module.weight.data)
+    elif isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight.data)
+        if module.bias is not None:
+            nn.init.constant_(module.bias.data, 0)
+
+
+# ---------------------------------------------------------------- src/models/lightgcn.py
+class LightGCN(GeneralRecommender):
+    r"""LightGCN is a GCN-based recommender model.
+
+    LightGCN includes only the most essential component in GCN -- neighborhood aggregation -- for
+    collaborative filtering. Specifically, LightGCN learns user and item embeddings by linearly
+    propagating them on the user-item interaction graph, and uses the weighted sum of the embeddings
+    learned at all layers as the final embedding.
+
+    We implement the model following the original author with a pairwise training mode.
+    """
+    def __init__(self, config, dataset):
+        super(LightGCN, self).__init__(config, dataset)
+
+        # load dataset info
+        self.interaction_matrix = dataset.inter_matrix(
+            form='coo').astype(np.float32)
+
+        # load parameters info
+        self.latent_dim = config['embedding_size']  # int type:the embedding size of lightGCN
+        self.n_layers = config['n_layers']  # int type:the layer num of lightGCN
+        self.reg_weight = config['reg_weight']  # float32 type: the weight decay for l2 normalizaton
+
+        self.mf_loss = BPRLoss()
+        self.reg_loss = EmbLoss()
+
+        self.embedding_dict = self._init_model()
+
+        # generate intermediate data
+        self.norm_adj_matrix = self.get_norm_adj_mat().to(self.device)
+
+        # parameters initialization
+        #self.apply(xavier_uniform_initialization)
+
+    def _init_model(self):
+        initializer = nn.init.xavier_uniform_
+        embedding_dict = nn.ParameterDict({
+            'user_emb': nn.Parameter(initializer(torch.empty(self.n_users, self.latent_dim))),
+            'item_emb': nn.Parameter(initializer(torch.empty(self.n_items, self.latent_dim)))
+        })
+
+        return embedding_dict
+
+    def get_norm_adj_mat(self):
+        r"""Get the normalized interaction matrix of users and items.
+
+        Construct the square matrix from the training data and normalize it
+        using the laplace matrix.
+
+        .. math::
+            A_{hat} = D^{-0.5} \times A \times D^{-0.5}
+
+        Returns:
+            Sparse tensor of the normalized interaction matrix.
+        """
+        # build adj matrix
+        A = sp.dok_matrix((self.n_users + self.n_items,
+                           self.n_users + self.n_items), dtype=np.float32)
+        inter_M = self.interaction_matrix
+        inter_M_t = self.interaction_matrix.transpose()
+        data_dict = dict(zip(zip(inter_M.row, inter_M.col+self.n_users),
+                             [1]*inter_M.nnz))
+        data_dict.update(dict(zip(zip(inter_M_t.row+self.n_users, inter_M_t.col),
+                                  [1]*inter_M_t.nnz)))
+        if hasattr(A, '_update'):
+            A._update(data_dict)
+        else:
+            A._dict.update(data_dict)  # today's scipy has no dok_matrix._update (deviation 11)
+        # norm adj matrix
+        sumArr = (A > 0).sum(axis=1)
+        # add epsilon to avoid Devide by zero Warning
+        diag = np.array(sumArr.flatten())[0] + 1e-7
+        diag = np.power(diag, -0.5)
+        D = sp.diags(diag)
+        L = D * A * D
+        # covert norm_adj matrix to tensor
+        L = sp.coo_matrix(L)
+        row = L.row
+        col = L.col
+        i = torch.LongTensor([row, col])
+        data = torch.FloatTensor(L.data)
+        # MMRec: torch.sparse.FloatTensor(i, data, torch.Size(L.shape)) (deprecated; deviation 11)
+        SparseL = torch.sparse_coo_tensor(i, data, torch.Size(L.shape))  # indice, values, shape
+        return SparseL
+
+    def get_ego_embeddings(self):
+        r"""Get the embedding of users and items and combine to an embedding matrix.
+
+        Returns:
+            Tensor of the embedding matrix. Shape of [n_items+n_users, embedding_dim]
+        """
+        # user_embeddings = self.user_embedding.weight
+        # item_embeddings = self.item_embedding.weight
+        # ego_embeddings = torch.cat([user_embeddings, item_embeddings], dim=0)
+        ego_embeddings = torch.cat([self.embedding_dict['user_emb'], self.embedding_dict['item_emb']], 0)
+        return ego_embeddings
+
+    def forward(self):
+        all_embeddings = self.get_ego_embeddings()
+        embeddings_list = [all_embeddings]
+
+        for layer_idx in range(self.n_layers):
+            all_embeddings = torch.sparse.mm(self.norm_adj_matrix, all_embeddings)
+            embeddings_list.append(all_embeddings)
+        lightgcn_all_embeddings = torch.stack(embeddings_list, dim=1)
+        lightgcn_all_embeddings = torch.mean(lightgcn_all_embeddings, dim=1)
+
+        user_all_embeddings = lightgcn_all_embeddings[:self.n_users, :]
+        item_all_embeddings = lightgcn_all_embeddings[self.n_users:, :]
+
+        return user_all_embeddings, item_all_embeddings
+
+    def calculate_loss(self, interaction):
+        user = interaction[0]
+        pos_item = interaction[1]
+        neg_item = interaction[2]
+
+        user_all_embeddings, item_all_embeddings = self.forward()
+
+        u_embeddings = user_all_embeddings[user, :]
+        posi_embeddings = item_all_embeddings[pos_item, :]
+        negi_embeddings = item_all_embeddings[neg_item, :]
+
+        # calculate BPR Loss
+        pos_scores = torch.mul(u_embeddings, posi_embeddings).sum(dim=1)
+        neg_scores = torch.mul(u_embeddings, negi_embeddings).sum(dim=1)
+        mf_loss = self.mf_loss(pos_scores, neg_scores)
+
+        # calculate BPR Loss
+        u_ego_embeddings = self.embedding_dict['user_emb'][user, :]
+        posi_ego_embeddings = self.embedding_dict['item_emb'][pos_item, :]
+        negi_ego_embeddings = self.embedding_dict['item_emb'][neg_item, :]
+
+        reg_loss = self.reg_loss(u_ego_embeddings, posi_ego_embeddings, negi_ego_embeddings)
+        loss = mf_loss + self.reg_weight * reg_loss
+
+        return loss
+
+    def full_sort_predict(self, interaction):
+        user = interaction[0]
+        restore_user_e, restore_item_e = self.forward()
+        u_embeddings = restore_user_e[user, :]
+
+        # dot with all item embedding to accelerate
+        scores = torch.matmul(u_embeddings, restore_item_e.transpose(0, 1))
+
+        return scores
+
+
+MODELS = {'mgcn': MGCN, 'lightgcn': LightGCN}
+
+
 # ---------------------------------------------------------------- src/common/trainer.py
 class Trainer(object):
     def __init__(self, config, model, on_epoch=None):
@@ -1015,12 +1292,16 @@ class Trainer(object):
             # eval: To ensure the test result is the best model under validation data, set self.eval_step == 1
             if (epoch_idx + 1) % self.eval_step == 0:
                 valid_start_time = time.time()
+                t_valid = time.perf_counter()  # (not MMRec: seconds of each evaluation, deviation 10)
                 valid_score, valid_result = self._valid_epoch(valid_data)
+                valid_eval_seconds = time.perf_counter() - t_valid
                 self.best_valid_score, self.cur_step, stop_flag, update_flag = early_stopping(
                     valid_score, self.best_valid_score, self.cur_step,
                     max_step=self.stopping_step, bigger=self.valid_metric_bigger)
                 # test
+                t_test = time.perf_counter()  # (not MMRec, deviation 10)
                 _, test_result = self._valid_epoch(test_data)
+                test_eval_seconds = time.perf_counter() - t_test
                 if update_flag:
                     self.best_valid_result = valid_result
                     self.best_test_upon_valid = test_result
@@ -1028,7 +1309,7 @@ class Trainer(object):
                 if verbose and self.on_epoch is not None:
                     self.on_epoch(epoch_idx, self.train_loss_dict[epoch_idx], valid_result, test_result,
                                   training_end_time - training_start_time, time.time() - valid_start_time,
-                                  update_flag)
+                                  update_flag, valid_eval_seconds, test_eval_seconds)
                 if stop_flag:
                     break
         return self.best_valid_score, self.best_valid_result, self.best_test_upon_valid
@@ -1138,6 +1419,8 @@ def prismrec_on_mmrec_stream(mm, train_data, config, precision, seed, on_epoch):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--data', default='/tmp/baby-like', help='MMRec-format dataset folder')
+    ap.add_argument('--model', choices=tuple(MODELS), default='mgcn',
+                    help="MMRec's model to train (settings: CONFIGS in this file)")
     ap.add_argument('--seeds', default='999', help='comma-separated seeds (MMRec default 999)')
     ap.add_argument('--epochs', type=int, default=5)
     ap.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
@@ -1148,9 +1431,13 @@ def main(argv=None):
                          "precision) from MMRec's initial weights on MMRec's batch stream for the seed, "
                          "and evaluate it with prismrec's evaluator (an equivalence check)")
     args = ap.parse_args(argv)
+    if args.prismrec and args.model != 'mgcn':
+        ap.error(f'--prismrec is an MGCN equivalence check (prismrec\'s MGCN on MMRec\'s MGCN '
+                 f'weights and batches); it cannot be combined with --model {args.model}')
     # MMRec's own code triggers these with current pandas/torch; they do not change results
     warnings.filterwarnings('ignore', message='The inplace keyword')
     warnings.filterwarnings('ignore', message='Sparse invariant checks')
+    warnings.filterwarnings('ignore', message='Creating a tensor from a list of numpy.ndarrays')
 
     data = os.path.abspath(args.data)
     if not os.path.isdir(data) and os.path.normpath(data) == '/tmp/baby-like':
@@ -1160,7 +1447,7 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
     torch.set_num_threads(args.threads)
 
-    config = Config(CONFIG)
+    config = Config(CONFIGS[args.model])
     config.update({
         'data_path': data,
         'dataset': os.path.basename(os.path.normpath(data)),
@@ -1182,12 +1469,19 @@ def main(argv=None):
     print(f'loaders built in {time.time() - t0:.1f}s', flush=True)
 
     epoch_seconds = []  # training seconds of each epoch of the current seed
+    valid_eval_seconds = []  # seconds of _valid_epoch(valid_data) per epoch (MMRec runs only)
+    test_eval_seconds = []  # seconds of _valid_epoch(test_data) per epoch (MMRec runs only)
 
-    def on_epoch(epoch, loss, valid, test, train_s, eval_s, best):
+    def on_epoch(epoch, loss, valid, test, train_s, eval_s, best, valid_eval_s=None, test_eval_s=None):
         epoch_seconds.append(round(train_s, 3))
-        print(f'epoch {epoch}  loss {loss:.4f}  valid R@20 {valid["recall@20"]:.4f}  '
-              f'test R@20 {test["recall@20"]:.4f}  N@20 {test["ndcg@20"]:.4f}  '
-              f'train {train_s:.1f}s  eval {eval_s:.1f}s{"  *" if best else ""}', flush=True)
+        line = (f'epoch {epoch}  loss {loss:.4f}  valid R@20 {valid["recall@20"]:.4f}  '
+                f'test R@20 {test["recall@20"]:.4f}  N@20 {test["ndcg@20"]:.4f}  '
+                f'train {train_s:.1f}s  eval {eval_s:.1f}s{"  *" if best else ""}')
+        if valid_eval_s is not None:
+            valid_eval_seconds.append(round(valid_eval_s, 4))
+            test_eval_seconds.append(round(test_eval_s, 4))
+            line += f'  valid-eval {valid_eval_s:.2f}s  test-eval {test_eval_s:.2f}s'
+        print(line, flush=True)
 
     runs = []
     for seed in seeds:
@@ -1196,10 +1490,12 @@ def main(argv=None):
         print(f'=== seed {seed} ===', flush=True)
         t_seed = time.time()
         epoch_seconds.clear()
+        valid_eval_seconds.clear()
+        test_eval_seconds.clear()
         # set random state of dataloader
         train_data.pretrain_setup()
         # model loading and initialization
-        model = MGCN(config, train_data).to(config['device'])
+        model = MODELS[args.model](config, train_data).to(config['device'])
         if args.prismrec:
             runs.append(prismrec_on_mmrec_stream(model, train_data, config, args.prismrec, seed, on_epoch))
             runs[-1]['train_seconds'] = list(epoch_seconds)
@@ -1219,20 +1515,33 @@ def main(argv=None):
                      ('recall@10', 'ndcg@10', 'recall@20', 'ndcg@20', 'recall@50', 'ndcg@50')},
             'train_loss': [round(trainer.train_loss_dict[e], 4) for e in sorted(trainer.train_loss_dict)],
             'train_seconds': list(epoch_seconds),
+            'valid_eval_seconds': list(valid_eval_seconds),
+            'test_eval_seconds': list(test_eval_seconds),
         })
 
+    settings = {
+        'mgcn': ('train_batch_size', 'eval_batch_size', 'learning_rate', 'learning_rate_scheduler',
+                 'embedding_size', 'n_ui_layers', 'n_layers', 'knn_k', 'reg_weight', 'cl_loss', 'weight_decay'),
+        'lightgcn': ('train_batch_size', 'eval_batch_size', 'learning_rate', 'learning_rate_scheduler',
+                     'embedding_size', 'n_layers', 'reg_weight', 'weight_decay', 'is_multimodal_model'),
+    }[args.model]
     result = {
-        'model': 'mmrec-mgcn' if not args.prismrec else f'prismrec-mgcn-on-mmrec-stream ({args.prismrec})',
+        'model': f'mmrec-{args.model}' if not args.prismrec else f'prismrec-mgcn-on-mmrec-stream ({args.prismrec})',
         'dataset': config['dataset'],
         'epochs': args.epochs,
-        'note': ("transcription of MMRec's MGCN training pipeline (github.com/enoche/MMRec: dataset, "
-                 "TrainDataLoader/EvalDataLoader, MGCN, Trainer, TopKEvaluator; benchmarks/mmrec_mgcn.py "
-                 "lists the deviations) run with prismrec's benchmark data; seed 999 is MMRec's default. "
-                 "Test metrics are taken at the epoch of best valid Recall@20 (0-based), rounded to 4 "
-                 "decimals as MMRec does"),
-        'settings': {k: config[k] for k in ('train_batch_size', 'eval_batch_size', 'learning_rate',
-                                             'learning_rate_scheduler', 'embedding_size', 'n_ui_layers',
-                                             'n_layers', 'knn_k', 'reg_weight', 'cl_loss', 'weight_decay')},
+        'note': (f"transcription of MMRec's {config['model']} training pipeline (github.com/enoche/MMRec: "
+                 f"dataset, TrainDataLoader/EvalDataLoader, {config['model']}, Trainer, TopKEvaluator; "
+                 "benchmarks/mmrec_mgcn.py lists the deviations) run with prismrec's benchmark data; seed 999 "
+                 "is MMRec's default. Test metrics are taken at the epoch of best valid Recall@20 (0-based), "
+                 "rounded to 4 decimals as MMRec does"),
+        'timing_note': ("per run and epoch: train_seconds = MMRec's training time of the epoch (its "
+                        "loader's sampling included, as MMRec's trainer times it); valid_eval_seconds / "
+                        "test_eval_seconds = seconds of one _valid_epoch(valid_data) / _valid_epoch(test_data), "
+                        "i.e. one full-ranking evaluation of all valid / all test users (model forward, "
+                        "scores, masking, top-50, metrics, with MMRec's own hit test)" + (
+                            "; not recorded in --prismrec mode (prismrec evaluates both splits in one pass)"
+                            if args.prismrec else "")),
+        'settings': {k: config[k] for k in settings},
         'device': str(config['device']),
         'threads': args.threads,
         'torch': torch.__version__,
