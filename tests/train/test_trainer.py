@@ -45,6 +45,22 @@ def test_early_stopping_and_best_epoch(tiny):
     assert rec.metrics["test"] == hist[best]["test"]
 
 
+def test_best_state_is_the_best_epochs_weights(tiny):
+    """best_state is updated in place after the first improvement: it must hold the best epoch's
+    weights (not the last epoch's, and not aliases of the live parameters)."""
+    snaps = {}
+    rec = Recommender("bpr", epochs=8, patience=50, learning_rate=0.05, batch_size=256)
+
+    def snapshot(epoch, _):
+        snaps[epoch] = {k: v.clone() for k, v in rec.model.state_dict().items()}
+    rec.fit(tiny, show_progress=False, callback=snapshot)
+    best = rec.metrics["best_epoch"]
+    assert 0 < best < 7  # improved more than once, and trained on after the best epoch
+    for k, v in rec.model.state_dict().items():  # the model was restored to the best weights
+        assert torch.equal(v, snaps[best][k]), k
+        assert not torch.equal(v, snaps[7][k]), k
+
+
 def test_bundle_written_with_best_weights(tmp_path, tiny):
     rec = Recommender("bpr", epochs=5, batch_size=256).fit(tiny, run_dir=tmp_path / "run", show_progress=False)
     for f in ("config.json", "weights.safetensors", "users.json", "items.json", "metrics.json", "log.jsonl",
