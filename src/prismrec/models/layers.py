@@ -20,6 +20,17 @@ def rows_of(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return t[index]
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def check_precision(config, *fields: str) -> None:
+    """Raise ``ValueError`` where one of ``config``'s precision ``fields`` is not in :data:`PRECISIONS`."""
+    for name in fields:
+        value = getattr(config, name)
+        if value not in PRECISIONS:
+            raise ValueError(f"{name} must be auto, float32 or bfloat16, got {value!r}")
+
+
 def resolve_precision(name: str, device: str = "cpu") -> torch.dtype:
     """``"float32"``/``"bfloat16"``, or ``"auto"``: bfloat16 where the hardware multiplies it natively."""
     if name == "auto":

@@ -10,7 +10,7 @@ from torch import nn
 
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, mean_aggregators, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, resolve_precision
+from prismrec.models.layers import bpr_loss, dot, check_precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,7 @@ class MetaMMFConfig(ModelConfig):
             raise ValueError(f"cp_mode must be 'cp' or 'released', got {self.cp_mode!r}")
         if len(self.dropout) != 2 or not all(0 <= p < 1 for p in self.dropout):
             raise ValueError(f"dropout must be two values in [0, 1), got {self.dropout}")
-        if self.feature_precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
+        check_precision(self, "feature_precision")
         if min(self.meta_dim, self.pca_dim, *self.fusion_hidden) < 1 or self.cp_rank < 0:
             raise ValueError("meta_dim, pca_dim, fusion_hidden must be >= 1 and cp_rank >= 0")
 

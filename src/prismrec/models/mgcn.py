@@ -12,6 +12,7 @@ from prismrec.models import base
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     bpr_loss,
+    check_precision,
     dot,
     info_nce_rows,
     l2_loss,
@@ -46,9 +47,7 @@ class MGCNConfig(ModelConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_ii_layers < 0:
             raise ValueError(f"num_ii_layers must be >= 0, got {self.num_ii_layers}")
-        for name in ("feature_precision", "cl_precision"):
-            if getattr(self, name) not in ("auto", "float32", "bfloat16"):
-                raise ValueError(f"{name} must be auto, float32 or bfloat16, got {getattr(self, name)!r}")
+        check_precision(self, "feature_precision", "cl_precision")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 

@@ -10,7 +10,7 @@ from torch import nn
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, mean_aggregators
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, resolve_precision
+from prismrec.models.layers import bpr_loss, dot, check_precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,7 @@ class MMGCNConfig(ModelConfig):
         for f in ("embedding_dim", "num_layers", "latent_dim", "raw_max_dim"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
-        if self.feature_precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
+        check_precision(self, "feature_precision")
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, bf16: bool) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import rows_of, bpr_loss, dot, emb_loss, resolve_precision
+from prismrec.models.layers import rows_of, bpr_loss, dot, emb_loss, check_precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,7 @@ class VBPRConfig(ModelConfig):
     feature_precision: str = "auto"
 
     def __post_init__(self):
-        if self.feature_precision not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"feature_precision must be auto, float32 or bfloat16, got {self.feature_precision!r}")
+        check_precision(self, "feature_precision")
 
 
 @register
