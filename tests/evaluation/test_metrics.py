@@ -133,3 +133,72 @@ def test_score_buffer_is_reused_and_results_unchanged():
     b = evaluate_splits(lambda u: scores[u], train, {"test": truth}, ks=(5, 10), block_size=16)
     assert a == b
     assert seen[0] is None and len(set(seen[1:])) == 1  # first block allocates, the rest reuse it
+
+
+
+class _DotModel:
+    """A dot-product scorer as :class:`Model` exposes one: ``score(u) = U[u] @ Iᵀ``."""
+
+    def __init__(self, u, i):
+        self.u, self.i = u, i
+
+    def scoring_factors(self):
+        return self.u, self.i
+
+    def score(self, users, out=None):
+        return torch.mm(self.u[users], self.i.T, out=out)
+
+
+def _skewed(seed, n_users=300, n_items=2000, d=16):
+    rng = np.random.default_rng(seed)
+    u = torch.from_numpy(rng.standard_normal((n_users, d)).astype(np.float32))
+    scale = 1.0 / (1.0 + rng.permutation(n_items)) ** 1.5  # a few items with large norms, as in graph models
+    i = torch.from_numpy((rng.standard_normal((n_items, d)) * scale[:, None]).astype(np.float32))
+    train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.02).astype(np.float32))
+    extra = sp.csr_matrix(((rng.random((n_users, n_items)) < 0.01) & (train.toarray() == 0)).astype(np.float32))
+    return u, i, train, extra
+
+
+@pytest.mark.parametrize("skew", [True, False])
+def test_norm_pruned_ranking_equals_a_full_scan(skew, monkeypatch):
+    """A model's own dot-product ``score`` is ranked by norm-ordered segments, skipping what
+    Cauchy-Schwarz rules out; the lists equal a full scan's. Without skew it gives up after the
+    first block and scores the rest plainly."""
+    u, i, train, extra = _skewed(0)
+    if not skew:
+        i = i / i.norm(dim=1, keepdim=True)
+    model = _DotModel(u, i)
+    plain = lambda users: model.score(users)  # noqa: E731  (not the model's method: a full scan)
+    users = np.arange(u.shape[0])
+    cells = []
+    mm = torch.mm
+
+    def counting_mm(a, b, **kw):
+        cells.append(a.shape[0] * b.shape[1])
+        return mm(a, b, **kw)
+
+    for mask_extra in (None, extra):
+        monkeypatch.setattr(torch, "mm", counting_mm)
+        cells.clear()
+        pruned = topk_items(model.score, users, 50, train, block_size=64, extra_mask=mask_extra)
+        scored = sum(cells)
+        monkeypatch.setattr(torch, "mm", mm)
+        np.testing.assert_array_equal(pruned, topk_items(plain, users, 50, train, block_size=64,
+                                                         extra_mask=mask_extra))
+        full = u.shape[0] * i.shape[0]
+        assert scored < full / 2 if skew else scored >= full
+    truth = sp.csr_matrix(((np.random.default_rng(1).random(train.shape) < 0.02) & (train.toarray() == 0))
+                          .astype(np.float32))
+    assert evaluate_splits(model.score, train, {"test": truth}, ks=(10, 50)) == \
+        evaluate_splits(plain, train, {"test": truth}, ks=(10, 50))
+
+
+def test_norm_pruned_ranking_pads_short_lists():
+    """Fewer unmasked items than k: -1 padding, masked items never listed (pruned path)."""
+    u, i, _, _ = _skewed(2, n_users=20, n_items=40)
+    dense = np.zeros((20, 40), dtype=np.float32)
+    dense[0, :38] = 1
+    model = _DotModel(u, i)
+    top = topk_items(model.score, np.arange(20), 5, sp.csr_matrix(dense))
+    assert set(top[0][:2].tolist()) == {38, 39} and (top[0][2:] == -1).all()
+    np.testing.assert_array_equal(top, topk_items(lambda x: model.score(x), np.arange(20), 5, sp.csr_matrix(dense)))

@@ -6,6 +6,7 @@ import torch
 from prismrec import Recommender
 from prismrec.errors import PrismrecError
 from prismrec.models import registered_models
+from prismrec.models.base import Model
 
 MODELS = sorted(registered_models())
 
@@ -97,3 +98,20 @@ def test_multimodal_beats_id_only_on_planted_signal():
     r = {m: Recommender(m, epochs=40, patience=10).fit(ds, show_progress=False).metrics["test"]["recall@20"]
          for m in ("bpr", "vbpr")}
     assert r["vbpr"] > r["bpr"] + 0.03, r
+
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_scoring_factors_reproduce_score(name, fitted):
+    """Where a model exposes ``(U, I)`` for ranking, ``score(u)`` is ``U[u] @ Iᵀ`` (ranking prunes
+    items with them); a model with its own ``score`` exposes none."""
+    model = fitted(name)[0].model
+    users = torch.arange(5)
+    with model.scoring():
+        factors = model.scoring_factors()
+        if type(model).score is not Model.score or not model.is_dot_product:
+            assert factors is None
+        else:
+            u, i = factors
+            torch.testing.assert_close(model.score(users), u[users] @ i.T)
+    assert model.scoring_factors() is None  # outside scoring(): nothing cached

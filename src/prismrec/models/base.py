@@ -85,6 +85,14 @@ class Model(nn.Module):
         u, i_t = self._cache[0], self._cache[-1]
         return torch.mm(u[users], i_t, out=out)
 
+    def scoring_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(users [n_users, d], items [n_items, d])`` when, inside :meth:`scoring`,
+        ``score(u)`` is ``users[u] @ itemsᵀ``; ``None`` otherwise (e.g. a model with its own
+        ``score``). Ranking uses the factors to skip items that cannot enter a user's top k."""
+        if type(self).score is not Model.score or self._cache is None or len(self._cache) != 3:
+            return None
+        return self._cache[0], self._cache[1]  # prepare_scoring's (users, items, itemsᵀ)
+
     def features(self, modality: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """Content features of ``modality`` for ``items`` (all items when None) ``[len, d_m]``.
 
