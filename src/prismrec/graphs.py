@@ -57,9 +57,11 @@ def mean_aggregators(train: sp.spmatrix) -> tuple["SparseMatrix", "SparseMatrix"
 def spmm(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``a @ x`` for a torch CSR ``a``; a square ``a`` goes through ``addmm(x, a, x, beta=0)``.
 
-    For a square matrix, ``addmm`` writes the product straight into its result, where ``a @ x``
-    zero-fills a buffer and then copies it (with int32 indices, 2.5 ms instead of 4-5 ms for
-    baby-like's user-item graph at 2 threads).
+    ``a @ x`` zero-fills a buffer and then copies it; ``addmm`` only copies ``x`` into its
+    result first (PyTorch's CPU sparse ``addmm`` copies ``self`` into ``out`` whatever ``beta``
+    is), then MKL overwrites it: with int32 indices, 2.5 ms instead of 4-5 ms for baby-like's
+    user-item graph at 2 threads. A copy-free ``out.addmm_(a, x, beta=0)`` was measured no faster
+    inside LightGCN's training loop (the product then pays for the cache misses the copy took).
     """
     if a.shape[0] == a.shape[1] == x.shape[0] and x.dim() == 2:
         return torch.addmm(x, a, x, beta=0)
