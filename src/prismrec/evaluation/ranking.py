@@ -45,7 +45,7 @@ def topk_items(score_fn, users: np.ndarray, k: int, mask: sp.csr_matrix | None =
 def _ranked_blocks(score_fn, users: np.ndarray, k: int, masks, block_size: int):
     """Yield ``(start, block users, top [b, k])`` for consecutive blocks of ``users``."""
     masks = [m for m in masks if m is not None]
-    factors = _dot_factors(score_fn)
+    factors = _dot_factors(score_fn) if k > 0 else None
     if factors is not None:
         yield from _factor_blocks(*factors, users, k, masks, block_size)
         return
