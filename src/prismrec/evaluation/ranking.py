@@ -166,13 +166,15 @@ def _factor_blocks(u_all: torch.Tensor, items: torch.Tensor, users: np.ndarray, 
             yield s, ub, np.where(ids >= 0, order_np[np.maximum(ids, 0)], -1)
             s += b
             if prune and j0 == n and 4 * last > 3 * b:
-                # most of the first block scanned to the last segment: the norms do not prune
+                # most of this block's users scanned to the last segment: the norms do not prune
                 # for this model; full-width products from now on, in blocks of block_size
                 prune, block = False, block_size
 
 
 def _heap(faiss, vals: np.ndarray, ids: np.ndarray):
-    """faiss's k-largest heaps over the rows of ``vals``/``ids`` (``[rows, k]``, C-contiguous)."""
+    """faiss's k-largest heaps over the rows of ``vals``/``ids`` (``[rows, k]``, C-contiguous).
+
+    The heap object holds raw pointers only: the caller keeps ``vals`` and ``ids`` alive."""
     heap = faiss.float_minheap_array_t()
     heap.nh, heap.k = vals.shape
     heap.val, heap.ids = faiss.swig_ptr(vals), faiss.swig_ptr(ids)
@@ -224,9 +226,7 @@ def _select_top(scores: torch.Tensor, k: int) -> np.ndarray:
     if b == 0 or n == 0:
         return ids
     vals = np.empty((b, k), dtype=np.float32)
-    heap = faiss.float_minheap_array_t()
-    heap.nh, heap.k = b, k
-    heap.val, heap.ids = faiss.swig_ptr(vals), faiss.swig_ptr(ids)
+    heap = _heap(faiss, vals, ids)
     faiss.omp_set_num_threads(torch.get_num_threads())
     heap.heapify()
     heap.addn(n, faiss.swig_ptr(x), 0, 0, b)
