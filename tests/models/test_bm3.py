@@ -1,4 +1,4 @@
-"""BM3: learning, shapes, 1/2/3 modalities, no negatives, batch-only loss vs MMRec's whole-table loss."""
+"""BM3: learning, shapes, 1/2/3 modalities, no negatives, batch-only loss vs a dense whole-table reference."""
 import numpy as np
 import pytest
 import torch
@@ -38,8 +38,9 @@ def test_negatives_are_ignored(tiny):
     torch.testing.assert_close(a, c)
 
 
-def test_loss_matches_mmrec_formulation(tiny):
-    """Batch-only predictor/projections give MMRec's loss and gradients (dropout 0: fixed targets)."""
+def test_loss_matches_dense_reference(tiny):
+    """Batch-only predictor/projections give the whole-table reference's loss and gradients (dropout 0:
+    fixed targets)."""
     torch.manual_seed(0)
     model = build_model("bm3", tiny, BM3Config(dropout=0.0))
     b = next(iter(PairwiseSampler(tiny.train, 128, np.random.default_rng(0))))

@@ -1,4 +1,4 @@
-"""FREEDOM: learning, shapes, 1/2/3 modalities, seeded degree pruning, fast modality loss vs MMRec's."""
+"""FREEDOM: learning, shapes, 1/2/3 modalities, seeded degree pruning, fast modality loss vs a dense reference."""
 import numpy as np
 import pytest
 import torch
@@ -69,7 +69,8 @@ def test_pruning_keeps_fraction_and_is_seeded(tiny):
 
 
 def test_modality_loss_matches_full_projection(tiny):
-    """Projecting f+ - f- (bias cancels) gives MMRec's loss and gradients (all items projected)."""
+    """Projecting f+ - f- (bias cancels) gives the dense reference's loss and gradients (all items
+    projected)."""
     torch.manual_seed(0)
     model = build_model("freedom", tiny, FREEDOMConfig(reg_weight=0.5))
     batch = next(iter(PairwiseSampler(tiny.train, 128, np.random.default_rng(0))))

@@ -1,4 +1,4 @@
-"""LATTICE: the blocked sparse learned graph equals MMRec's dense construction, loss goes down,
+"""LATTICE: the blocked sparse learned graph equals a dense reference of the paper's equations, loss goes down,
 scores are well formed, and any number of modalities works."""
 import numpy as np
 import pytest
@@ -11,8 +11,8 @@ from tests.models.helpers import epoch_losses
 
 
 def _dense_reference(model) -> torch.Tensor:
-    """MMRec's LATTICE.forward(build_item_graph=True): dense build_sim / build_knn_neighbourhood /
-    compute_normalized_laplacian, mixed with the raw-feature graphs."""
+    """Dense reference of the paper's item graph: cosine similarity, top-k sparsification and
+    symmetric normalisation, learned graph mixed with the raw-feature graphs by lambda."""
     def sim(x):
         xn = x / x.norm(dim=-1, keepdim=True)
         return xn @ xn.T
@@ -92,8 +92,8 @@ def test_evaluation_rebuilds_graph_from_current_parameters(tiny):
     assert torch.allclose(i, ref_i, atol=1e-5)
 
 
-def test_backbone_adjacency_is_mmrec_random_walk_with_self_loops(tiny):
-    """MMRec LATTICE.get_adj_mat: D^{-1}(A + I) on the bipartite train graph."""
+def test_backbone_adjacency_is_random_walk_with_self_loops(tiny):
+    """The backbone graph is the random-walk normalised D^{-1}(A + I) of the bipartite train graph."""
     model = build_model("lattice", tiny)
     n, m = tiny.n_users, tiny.n_items
     r = torch.from_numpy(tiny.train.toarray()).float()

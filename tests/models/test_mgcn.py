@@ -16,8 +16,10 @@ def _batches(ds, size=64, seed=0):
     return list(PairwiseSampler(ds.train, size, np.random.default_rng(seed)))
 
 
-def _mmrec_forward(model: MGCN):
-    """A transcription of MMRec's MGCN.forward(train=True) for image + text, dense matrices."""
+def _dense_forward(model: MGCN):
+    """Dense reference of the paper's equations (image + text): purified item views on the kNN item
+    graphs, LightGCN layer mean of the ID embeddings, attention-fused common part and preference-gated
+    specific parts."""
     n = model.n_users
     adj, r = model.adj.a.to_dense(), model.user_item.a.to_dense()
     user, item = model.embedding[:n], model.embedding[n:]
@@ -41,9 +43,10 @@ def _mmrec_forward(model: MGCN):
 
 
 def _reference_loss(model: MGCN, batch) -> torch.Tensor:
-    """MMRec's calculate_loss: full forward of every user and item, then the batch rows."""
+    """The paper's objective, BPR + L2 + InfoNCE, computed from a full dense forward of every user and
+    item, then read at the batch rows."""
     cfg, n = model.config, model.n_users
-    e, e_mul, e_id = _mmrec_forward(model)
+    e, e_mul, e_id = _dense_forward(model)
     u, p, ng = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
     bpr = -F.logsigmoid((u * p).sum(1) - (u * ng).sum(1)).mean()
     reg = (u.pow(2).sum() + p.pow(2).sum() + ng.pow(2).sum()) / 2 / cfg.reg_batch_size
@@ -59,7 +62,7 @@ def _reference_loss(model: MGCN, batch) -> torch.Tensor:
 def test_batch_rows_loss_and_gradients_match_full_reference(tiny):
     from prismrec.models.mgcn import MGCNConfig
     torch.manual_seed(0)
-    model = build_model("mgcn", tiny, MGCNConfig(cl_precision="float32"))  # MMRec's arithmetic
+    model = build_model("mgcn", tiny, MGCNConfig(cl_precision="float32"))  # plain fp32 arithmetic
     batch = _batches(tiny)[0]
     fast = model.loss(batch)
     fast.backward()
@@ -70,7 +73,7 @@ def test_batch_rows_loss_and_gradients_match_full_reference(tiny):
     assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # and the scoring path
         u, i = model.embeddings()
-        e, _, _ = _mmrec_forward(model)
+        e, _, _ = _dense_forward(model)
         assert torch.allclose(torch.cat([u, i]), e, atol=1e-5)
     for k, p in model.named_parameters():
         assert torch.allclose(grads[k], p.grad, rtol=1e-4, atol=1e-7), k

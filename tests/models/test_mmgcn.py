@@ -1,4 +1,4 @@
-"""MMGCN: the fast path against a direct transcription of MMRec's forward pass; training basics."""
+"""MMGCN: the fast path against a dense reference of the paper's equations; training basics."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +19,7 @@ def wide():
 
 
 def reference(model, dataset):
-    """MMRec's MMGCN forward, written out densely: x = norm([pref; MLP(f)]), then per layer
+    """Dense reference of the paper's equations: x = norm([pref; MLP(f)]), then per layer
     h = lrelu(Ā x W), x̂ = lrelu(x W_l + b) + id, x = lrelu(W_g [h; x̂] + b); mean over modalities."""
     r = torch.tensor(dataset.train.toarray())
     n_u = r.shape[0]
@@ -41,7 +41,7 @@ def reference(model, dataset):
 
 
 @pytest.mark.parametrize("learn", [False, True])
-def test_matches_mmrec_forward(wide, learn):
+def test_matches_dense_reference(wide, learn):
     torch.manual_seed(0)
     cfg = MMGCNConfig(raw_max_dim=75, latent_dim=32, feature_precision="float32", learn_embeddings=learn)
     model = build_model("mmgcn", wide, cfg)
