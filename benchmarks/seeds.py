@@ -6,8 +6,8 @@
 
 A fixed-epoch comparison with MMRec (peers.md) is one draw of the random streams (initial
 weights, shuffles, negatives); where a model is still taking off at that epoch (MGCN at epoch 4)
-the draw moves the metric by several percent. This gives the spread to compare with MMRec's own
-(`benchmarks/mmrec_mgcn.py`, same JSON layout).
+the draw moves the metric by several percent. This gives the spread of prismrec's own draws, to
+set beside MMRec's single published run.
 """
 from __future__ import annotations
 

@@ -77,33 +77,152 @@ def cp_table(lines, results):
 
 
 def seed_table(lines, folder):
-    """Per-seed 5-epoch MGCN runs: prismrec's own pipeline, MMRec's (transcribed), and prismrec's
-    model on MMRec's random streams (``benchmarks/mmrec_mgcn.py --prismrec``)."""
-    files = [("prismrec (own sampler and init)", "mgcn-5ep-seeds.json"),
-             ("MMRec (`benchmarks/mmrec_mgcn.py`)", "mmrec-mgcn-5ep-seeds.json"),
-             ("prismrec on MMRec's init and batches, fp32", "mgcn-5ep-on-mmrec-stream-fp32.json"),
-             ("prismrec on MMRec's init and batches, default precision", "mgcn-5ep-on-mmrec-stream.json")]
-    runs = [(label, json.loads((folder / f).read_text())) for label, f in files if (folder / f).is_file()]
-    if not runs:
+    """Per-seed 5-epoch MGCN runs (``benchmarks/seeds.py``): the spread of one fixed-epoch draw."""
+    path = folder / "mgcn-5ep-seeds.json"
+    if not path.is_file():
         return
-    seeds = [999, 1, 2, 3, 4]  # the seeds every pipeline ran; the means are over all of a file's runs
+    d = json.loads(path.read_text())
+    seeds = [r["seed"] for r in d["runs"]]
+    shown = seeds[:5]
     lines.extend(["## MGCN after 5 epochs, per seed (test R@20 / N@20)", "",
-                  "The `mgcn-5ep` row above compares prismrec's seed 999 with MMRec's seed 999: two different "
-                  "random draws (initial weights, shuffles, negatives) at MGCN's take-off epoch. Here the draws are "
-                  "shared (rows 3-4: prismrec's model on MMRec's draws gives MMRec's numbers) or averaged over seeds.", "",
-                  "| pipeline | " + " | ".join(f"seed {x}" for x in seeds) + " | seeds | mean R@20 | mean N@20 |",
-                  "|---|" + "---|" * (len(seeds) + 3)])
-    for label, d in runs:
-        by = {r["seed"]: r for r in d["runs"]}
-        cells = [f"{by[x]['test_recall@20']:.4f} / {by[x]['test_ndcg@20']:.4f}" if x in by else "—" for x in seeds]
-        r, n = d["test_recall@20"], d["test_ndcg@20"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(d['runs'])} | {r['mean']:.4f} ± {r['stdev']:.4f} | "
-                     f"{n['mean']:.4f} ± {n['stdev']:.4f} |")
+                  "The `mgcn-5ep` row above is one random draw (initial weights, shuffles, negatives) at MGCN's "
+                  "take-off epoch; the mean over seeds is the figure to set beside MMRec's single seed-999 run.", "",
+                  "| pipeline | " + " | ".join(f"seed {x}" for x in shown) + " | seeds | mean R@20 | mean N@20 |",
+                  "|---|" + "---|" * (len(shown) + 3)])
+    by = {r["seed"]: r for r in d["runs"]}
+    cells = [f"{by[x]['test_recall@20']:.4f} / {by[x]['test_ndcg@20']:.4f}" for x in shown]
+    r, n = d["test_recall@20"], d["test_ndcg@20"]
+    lines.append("| prismrec | " + " | ".join(cells) + f" | {len(d['runs'])} | {r['mean']:.4f} ± {r['stdev']:.4f} | "
+                 f"{n['mean']:.4f} ± {n['stdev']:.4f} |")
     lines.append("")
+
+
+# ---- real-data folders (a ``published.json`` beside the runs): seed means, both protocols ----------
+SEED_SUFFIX = "-seed"
+
+
+def run_groups(results: dict) -> dict[str, list[dict]]:
+    """Runs grouped by name without the ``-seedN`` suffix (``run.py`` names seed 999 plainly)."""
+    groups: dict[str, list[dict]] = {}
+    for name, r in results.items():
+        base, sep, tail = name.rpartition(SEED_SUFFIX)
+        key = base if sep and tail.isdigit() else name
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return m, sd
+
+
+def pm(values, nd=4) -> str:
+    m, sd = mean_std(values)
+    if m is None:
+        return "—"
+    return f"{m:.{nd}f} ± {sd:.{nd}f}" if sd is not None else f"{m:.{nd}f}"
+
+
+def protocol_values(runs: list[dict], protocol: str, metric: str) -> list:
+    """Per-seed ``metric`` under the field's protocol (test at the best-valid epoch) or DiffMM's
+    (the best test epoch of the same run, ``best_test_epoch`` in the JSON)."""
+    if protocol == "field":
+        return [r["test"].get(metric) for r in runs]
+    return [(r.get("best_test_epoch") or {}).get(metric) for r in runs]
+
+
+def host_of(name: str) -> str:
+    """The bare host run of a plug-in run: the part before the first ``+`` (``vbpr.std+erl`` -> ``vbpr.std``)."""
+    return name.split("+", 1)[0]
+
+
+def real_main(dataset: str, folder: Path, published: dict) -> Path:
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+               if p.name != "published.json" and "test" in json.loads(p.read_text())}
+    groups = run_groups(results)
+    lines = [f"# Results on {dataset} (real data)", "",
+             f"Generated by `python benchmarks/table.py {dataset}` from the JSON files in this folder (each written by "
+             "`benchmarks/run.py`; its `command` field reproduces it; `-seedN` files are the same run with another "
+             "seed, seed 999 has no suffix) and `published.json` (the published numbers and where they come from). "
+             "Every run trains to early stopping (patience 20 on valid Recall@20).", "",
+             "- **Field's protocol** (the default, MMRec's): the test metrics at the epoch of the best *valid* "
+             "Recall@20.",
+             "- **DiffMM's protocol — optimistic**: the best *test* Recall@20 over the epochs of the same run "
+             "(the trainer evaluates test every epoch). It selects on the test set, so it is an upper bound "
+             "shown only to sit beside papers that report it; never use it to choose a model.", "",
+             f"Values are the mean ± standard deviation over the seeds (`seeds` column). {published.get('note', '')}",
+             ""]
+    field_ref, opt_ref = published.get("field", {}), published.get("optimistic", {})
+
+    def ref_cells(ref: dict, key: str, runs: list[dict], protocol: str) -> list[str]:
+        r = ref.get(key, {}) if key else {}
+        out = []
+        for metric in ("recall@20", "ndcg@20"):
+            m, _ = mean_std(protocol_values(runs, protocol, metric))
+            out += [pm(protocol_values(runs, protocol, metric)), fmt(r.get(metric)), ratio(m, r.get(metric))]
+        return out
+
+    lines.extend([f"## Field's protocol (test at the best-valid epoch); published: {field_ref.get('source', '—')}", "",
+                  "| run | seeds | epochs | best valid epoch | test R@20 | published R@20 | ratio | test N@20 "
+                  "| published N@20 | ratio | s/epoch (threads) | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"])
+    for name, runs in groups.items():
+        key = name if name in field_ref else None
+        ep, _ = mean_std([r["epochs"] for r in runs])
+        be, _ = mean_std([r["best_epoch"] for r in runs])
+        sec, _ = mean_std([r.get("sec_per_epoch") for r in runs])
+        load, _ = mean_std([(r.get("load_avg") or [None])[0] for r in runs])
+        lines.append("| " + " | ".join([name, str(len(runs)), fmt(ep, 0), fmt(be, 0), *ref_cells(field_ref, key, runs, "field"),
+                                        f"{fmt(sec, 2)} ({runs[0].get('threads', '?')})", fmt(load, 1)]) + " |")
+    lines.append("")
+    if any(r.get("best_test_epoch") for r in results.values()):
+        lines.extend([f"## DiffMM's protocol (best test epoch, optimistic); published: {opt_ref.get('source', '—')}", "",
+                      "| run | seeds | best test epoch | test R@20 | published R@20 | ratio | test N@20 | published N@20 "
+                      "| ratio | field's R@20 (for contrast) |",
+                      "|---|---|---|---|---|---|---|---|---|---|"])
+        for name, runs in groups.items():
+            key = name if name in opt_ref else None
+            bt, _ = mean_std([(r.get("best_test_epoch") or {}).get("epoch") for r in runs])
+            lines.append("| " + " | ".join([name, str(len(runs)), fmt(bt, 0), *ref_cells(opt_ref, key, runs, "optimistic"),
+                                            pm(protocol_values(runs, "field", "recall@20"))]) + " |")
+        lines.append("")
+    pairs = [(n, host_of(n)) for n in groups if "+" in n and host_of(n) in groups]
+    if pairs:
+        lines.extend(["## Plug-ins: with vs without (field's protocol; seed means)", "",
+                      "Each plug-in run beside its bare host with the same settings, seeds and stopping rule. "
+                      "Δ is the change of the seed means; set it against the hosts' seed standard deviation.", "",
+                      "| run | host | seeds (host / with) | host R@20 | with R@20 | Δ R@20 | host N@20 | with N@20 | Δ N@20 |",
+                      "|---|---|---|---|---|---|---|---|---|"])
+        for name, host in pairs:
+            h, w = groups[host], groups[name]
+            hr, _ = mean_std(protocol_values(h, "field", "recall@20"))
+            wr, _ = mean_std(protocol_values(w, "field", "recall@20"))
+            hn, _ = mean_std(protocol_values(h, "field", "ndcg@20"))
+            wn, _ = mean_std(protocol_values(w, "field", "ndcg@20"))
+            lines.append("| " + " | ".join([name, host, f"{len(h)} / {len(w)}",
+                                            pm(protocol_values(h, "field", "recall@20")),
+                                            pm(protocol_values(w, "field", "recall@20")), delta(wr, hr),
+                                            pm(protocol_values(h, "field", "ndcg@20")),
+                                            pm(protocol_values(w, "field", "ndcg@20")), delta(wn, hn)]) + " |")
+        lines.append("")
+    if published.get("others"):
+        lines.extend([published["others"], ""])
+    extra = folder / "NOTES.md"
+    if extra.is_file():
+        lines.extend([extra.read_text().strip(), ""])
+    out = folder / "README.md"
+    out.write_text("\n".join(lines))
+    return out
 
 
 def main(dataset: str = "baby-like") -> Path:
     folder = HERE / "results" / dataset
+    if (folder / "published.json").is_file():  # a real-data folder: seed means, both protocols
+        return real_main(dataset, folder, json.loads((folder / "published.json").read_text()))
     peers = json.loads((HERE / "peers.json").read_text()).get(dataset, {})
     results = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
                if "test" in json.loads(p.read_text())}

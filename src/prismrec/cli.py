@@ -255,16 +255,43 @@ def _compare(data, models_csv, sets, out, quiet):
 @datasets_app.command("synth")
 def datasets_synth(
     out: Path = typer.Option(..., "--out", help="output folder (its name is the dataset name)"),
-    users: int = typer.Option(2000, help="number of users"),
-    items: int = typer.Option(1000, help="number of items"),
+    like: Optional[str] = typer.Option(None, "--like", help="'baby': the reference benchmark set baby-like, "
+                                       "Amazon Baby's shape (19,445 users, 7,050 items, 160,792 interactions, "
+                                       "4096-d image + 384-d text features, ~10 s); the same files as the "
+                                       "project's reference generator for the same sizes and seed"),
+    users: Optional[int] = typer.Option(None, help="number of users (default 2000; 19445 with --like baby)"),
+    items: Optional[int] = typer.Option(None, help="number of items (default 1000; 7050 with --like baby)"),
+    interactions: Optional[int] = typer.Option(None, help="total interactions, with --like baby only "
+                                               "(default 160792)"),
     per_user: float = typer.Option(None, help="mean interactions per user, at least 5 "
-                                              "[default: 12 (mmrec), 15 (microvideo)]"),
+                                              "(default 12 for mmrec, 15 for microvideo); not with --like"),
     seed: int = typer.Option(0, help="random seed"),
     fmt: str = typer.Option("mmrec", "--format", help="'mmrec': planted-signal image/text set in MMRec "
                             "format; 'microvideo': visual/acoustic/textual set in the micro-video format, "
                             "one modality pure noise for a known subset of items (noise_items.json)"),
 ):
-    """Write a synthetic planted-signal dataset (MMRec or micro-video format)."""
+    """Write a synthetic planted-signal dataset (MMRec or micro-video format, or baby-like with --like baby).
+
+    The reference benchmark dataset: prismrec datasets synth --like baby --out data/baby-like
+    """
+    _setup_logging(False)
+    if like is not None:
+        if like != "baby":
+            raise typer.BadParameter(f"expected 'baby', got {like!r}", param_hint="--like")
+        if per_user is not None or fmt != "mmrec":
+            raise typer.BadParameter("--like baby sets its own shape: use --users/--items/--interactions",
+                                     param_hint="--per-user/--format")
+        from prismrec.data.baby_like import BabyLikeShape, write_baby_like
+        d = BabyLikeShape()
+        shape = BabyLikeShape(users=users or d.users, items=items or d.items,
+                              interactions=interactions or d.interactions, seed=seed)
+        info = run_guarded(write_baby_like, out, shape)
+        typer.echo(f"wrote {out}: {json.dumps(info)}")
+        return
+    if interactions is not None:
+        raise typer.BadParameter("--interactions goes with --like baby; use --per-user here",
+                                 param_hint="--interactions")
+    users, items = users or 2000, items or 1000
     if fmt == "mmrec":
         from prismrec.data import make_synthetic, save_mmrec
         ds = run_guarded(make_synthetic, users, items, per_user or 12.0, seed=seed, name=out.name)

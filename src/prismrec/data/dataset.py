@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from prismrec.data.idmap import IdMap
@@ -34,6 +35,11 @@ class Dataset:
         features: modality name -> float32 array ``[n_items, d_m]``.
         user_ids, item_ids: external ids in internal order.
         cache_dir: where derived structures (kNN graphs) may be cached; ``None`` disables caching.
+        item_meta: optional item metadata, one row per item in internal order (string columns such
+            as ``title``, ``genres``, ``text``); a ``text`` column is the text ``prismrec extract``
+            encodes by default.
+        provenance: what the loader read: ``format``, ``files``, ``feature_dtypes`` (modality ->
+            dtype on disk, before the float32 cast), ``dropped_duplicates``, ...
     """
 
     name: str
@@ -44,6 +50,8 @@ class Dataset:
     user_ids: np.ndarray | None = None
     item_ids: np.ndarray | None = None
     cache_dir: Path | None = None
+    item_meta: pd.DataFrame | None = None
+    provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
         shape = self.train.shape
@@ -67,6 +75,12 @@ class Dataset:
             raise DataError("id maps do not match the matrix shape")
         object.__setattr__(self, "user_ids", uid)
         object.__setattr__(self, "item_ids", iid)
+        if self.item_meta is not None:
+            if not isinstance(self.item_meta, pd.DataFrame) or len(self.item_meta) != shape[1]:
+                raise DataError(f"item metadata: expected a table of {shape[1]} rows (one per item), got "
+                                f"{type(self.item_meta).__name__} of {len(self.item_meta)} rows")
+            object.__setattr__(self, "item_meta", self.item_meta.reset_index(drop=True))
+        object.__setattr__(self, "provenance", dict(self.provenance))
 
     @property
     def n_users(self) -> int:

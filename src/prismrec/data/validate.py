@@ -78,22 +78,62 @@ def check_features(feat: np.ndarray, n_items: int, file: Path, modality: str) ->
     return feat
 
 
-def dedupe(users: np.ndarray, items: np.ndarray, file: Path, *extra: np.ndarray, header_lines: int = 1):
-    """Drop repeated (user, item) pairs, keeping the first, with a warning naming the first repeat.
+def dedupe(users: np.ndarray, items: np.ndarray, file: Path, *extra: np.ndarray, header_lines: int = 1,
+           order_key: np.ndarray | None = None):
+    """Drop repeated (user, item) pairs, keeping the earliest, with a warning naming the first repeat.
 
-    Arrays are in file order, so data row ``r`` is on line ``r + header_lines + 1``.
+    "Earliest" is the smallest ``order_key`` (a timestamp) when given, ties and no key going to the
+    first in file order. Arrays are in file order, so data row ``r`` is on line ``r + header_lines + 1``.
+    Loaders call this *before* splitting, so that a repeat can never push a user's only held-out
+    interaction out of its split (issue 22).
     """
     key = users.astype(np.int64) * (int(items.max(initial=0)) + 1) + items
-    _, first = np.unique(key, return_index=True)
+    if order_key is None:
+        _, first = np.unique(key, return_index=True)
+    else:
+        order = np.lexsort((order_key, key))  # stable: equal keys keep file order
+        sk = key[order]
+        first = order[np.r_[True, sk[1:] != sk[:-1]]]
     if len(first) == len(key):
         return (users, items, *extra)
     keep = np.zeros(len(key), dtype=bool)
     keep[first] = True
     r = int(np.flatnonzero(~keep)[0])
-    log.warning("%s: %d duplicate (user, item) interactions dropped, keeping the first of each "
-                "(first repeat on line %d: user %s, item %s)", file, int((~keep).sum()), r + header_lines + 1,
-                users[r], items[r])
+    log.warning("%s: %d duplicate (user, item) interactions dropped, keeping the %s of each "
+                "(first repeat on line %d: user %s, item %s)", file, int((~keep).sum()),
+                "first" if order_key is None else "earliest", r + header_lines + 1, users[r], items[r])
     return (users[keep], items[keep], *(e[keep] for e in extra))
+
+
+def id_bound(n_rows: int) -> int:
+    """Largest number of users or items an integer-indexed file of ``n_rows`` interactions may
+    imply without another source for it: ``max(1000, 10 * n_rows)``.
+
+    Formats whose ids are row indices (MMRec) size the catalogue as ``max(id) + 1``. Real data has
+    at most one entity per interaction, plus the cold items a feature file lists; the factor 10
+    leaves room for catalogues with many items without interactions while refusing a typo such as
+    an id of ``10**12`` (a 7 TiB allocation) or ``10**6`` among a few thousand rows (a million empty
+    items) before anything is allocated.
+    """
+    return max(1000, 10 * int(n_rows))
+
+
+def check_id_bound(ids: np.ndarray, file: Path, field: str, *, header_lines: int = 1,
+                   limit: int | None = None, limit_source: str | None = None) -> None:
+    """Refuse an index-like id at or above ``limit`` (default :func:`id_bound` of the row count)."""
+    if len(ids) == 0:
+        return
+    bound = id_bound(len(ids)) if limit is None else int(limit)
+    r = int(np.argmax(ids))
+    v = int(ids[r])
+    if v < bound:
+        return
+    why = (f"{limit_source} has {bound:,} rows" if limit_source else
+           f"{len(ids):,} interactions allow ids below max(1000, 10 x rows) = {bound:,}")
+    raise DataError(f"id {v:,} would make a catalogue of {v + 1:,} (ids here are 0-based row indices, "
+                    f"n = max(id) + 1) but {why}; remap the ids to 0..n-1 (or use the generic "
+                    "interactions.csv format, whose ids may be any labels)", file=str(file),
+                    line=r + header_lines + 1, field=field)
 
 
 def split_matrices(users, items, labels, shape, file: Path, split_field: str):
