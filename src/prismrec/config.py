@@ -36,6 +36,7 @@ class TrainConfig:
     checkpoint: bool = True         # write a checkpoint after each epoch (for --resume)
     clip_grad_norm: float = 0.0     # 0 = off
     device: str = "cpu"             # training runs on the CPU; GPU training is not implemented yet
+    feature_norm: str = "none"      # item features before Model.setup: none | l2 | standardize (data/transforms.py)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
@@ -46,6 +47,8 @@ class TrainConfig:
         if self.device != "cpu":  # refuse rather than silently train on the CPU
             raise ConfigError(f"device must be 'cpu' (GPU training is not implemented yet; scale out with "
                               f"torchrun instead), got {self.device!r}")
+        if self.feature_norm not in ("none", "l2", "standardize"):
+            raise ConfigError(f"feature_norm must be one of none, l2, standardize; got {self.feature_norm!r}")
         if "@" not in self.valid_metric:
             raise ConfigError(f"valid_metric must look like 'recall@20', got {self.valid_metric!r}")
         k = int(self.valid_metric.split("@")[1])
