@@ -88,7 +88,21 @@ def summarise(rec) -> dict:
     return {"metrics": rec.metrics, "config": dict(rec.config.items()),
             "model_config": dataclasses.asdict(rec.model.config),
             "parameters": sum(p.numel() for p in rec.model.parameters()),
-            "modality_signal": signal() if signal is not None else None}
+            "modality_signal": signal() if signal is not None else None,
+            "best_test_epoch": best_test_epoch(rec.result.history)}
+
+
+def best_test_epoch(history: list, metric: str = "recall@20") -> dict | None:
+    """DiffMM's protocol ("optimistic"): the epoch whose *test* ``metric`` is highest, read from
+    the per-epoch log of the same run (the run itself still stops on valid, patience 20).
+
+    Reported only so numbers sit beside papers that select on test; never a model-selection rule.
+    """
+    rows = [h for h in history if h.get("test")]
+    if not rows:
+        return None
+    best = max(rows, key=lambda h: h["test"][metric])
+    return {"epoch": best["epoch"], **{k: round(v, 5) for k, v in best["test"].items()}}
 
 
 def run_once(args, ds):
@@ -141,7 +155,9 @@ def main(argv=None):
     runs.sort(key=lambda r: r[0])
     sec, threads, run, load0, eval_s, _ = runs[0]
     m = run["metrics"]
-    name = args.name or (args.model + "".join("+" + p for p in args.plugin) + (f"-{args.epochs}ep" if args.epochs else ""))
+    seed = run["config"].get("seed")
+    name = args.name or (args.model + "".join("+" + p for p in args.plugin) + (f"-{args.epochs}ep" if args.epochs else "")
+                         + (f"-seed{seed}" if seed is not None and int(seed) != 999 else ""))
     out = {
         "model": args.model, "plugins": args.plugin, "dataset": ds.name,
         "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -165,6 +181,8 @@ def main(argv=None):
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }
+    if run["best_test_epoch"] is not None:  # DiffMM's protocol, read from the same run's history
+        out["best_test_epoch"] = run["best_test_epoch"]
     if run["modality_signal"] is not None:  # per-modality training signal (ERL plug-in)
         out["modality_signal"] = run["modality_signal"]
     write_run(args.out, ds.name, name, out,
