@@ -76,17 +76,20 @@ def mel_to_hz(m):
 
 
 def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """``[n_mels, n_fft // 2 + 1]`` triangular filters with Slaney area normalisation."""
+    """``[n_mels, n_fft // 2 + 1]`` triangular filters on the mel scale, each of unit area (Slaney).
+
+    Filter ``m`` rises linearly from 0 at edge ``e_m`` to 1 at ``e_{m+1}`` and falls back to 0 at
+    ``e_{m+2}``, where the ``n_mels + 2`` edges are equally spaced in mels between ``fmin`` and
+    ``fmax``; it is then scaled by ``2 / (e_{m+2} - e_m)`` so that every filter has the same area.
+    """
     fmax = sr / 2 if fmax is None else fmax
-    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
-    return weights.astype(np.float32)
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sr)                                  # [n_fft // 2 + 1] Hz
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]   # [n_mels, 1] each
+    rising = (bins - left) / (centre - left)
+    falling = (right - bins) / (right - centre)
+    triangle = np.clip(np.minimum(rising, falling), 0.0, None)              # [n_mels, n_bins]
+    return (triangle * (2.0 / (right - left))).astype(np.float32)
 
 
 def log_mel(y: np.ndarray, sr: int, n_fft: int = 2048, hop_length: int = 512, n_mels: int = 128,
