@@ -11,26 +11,31 @@ from tests.models.helpers import epoch_losses
 
 
 def _dense_reference(model) -> torch.Tensor:
-    """Dense reference of the paper's item graph: cosine similarity, top-k sparsification and
-    symmetric normalisation, learned graph mixed with the raw-feature graphs by lambda."""
-    def sim(x):
-        xn = x / x.norm(dim=-1, keepdim=True)
-        return xn @ xn.T
+    """Dense reference of LATTICE's item graph (paper Eq. 1-6).
 
-    def knn(a, k):
-        v, i = torch.topk(a, k, dim=-1)
-        return torch.zeros_like(a).scatter_(-1, i, v)
+    Per modality m: cosine similarity ``S_m`` of the (projected, for the learned graph) features;
+    keep each row's k largest entries with their values; the raw-feature graphs are normalised
+    ``D^{-1/2} S D^{-1/2}`` one by one, the learned ones after their softmax(α)-weighted sum; the
+    item graph is ``(1 - λ) · learned + λ · raw``."""
+    def row_topk_similarity(x):
+        unit = torch.nn.functional.normalize(x, dim=1)
+        sim = unit @ unit.T
+        kth = sim.sort(dim=1, descending=True).values[:, model.config.knn_k - 1: model.config.knn_k]
+        return torch.where(sim >= kth, sim, torch.zeros(()))
 
-    def laplacian(a):
-        d = a.sum(-1).pow(-0.5)
-        d[torch.isinf(d)] = 0.0
-        return torch.diagflat(d) @ a @ torch.diagflat(d)
+    def sym_norm(a):
+        deg = a.sum(dim=1)
+        scale = torch.where(deg > 0, deg.clamp(min=1e-30).rsqrt(), torch.zeros(()))
+        return scale[:, None] * a * scale[None, :]
 
-    k, lam = model.config.knn_k, model.config.lambda_coeff
-    w = torch.softmax(model.modal_weight, dim=0)
-    learned = sum(w[j] * knn(sim(model.proj[m](model.features(m))), k) for j, m in enumerate(model.modalities))
-    original = sum(w[j] * laplacian(knn(sim(model.features(m)), k)) for j, m in enumerate(model.modalities))
-    return (1 - lam) * laplacian(learned) + lam * original
+    alpha = torch.softmax(model.modal_weight, dim=0)
+    learned = torch.zeros(model.n_items, model.n_items)
+    raw = torch.zeros(model.n_items, model.n_items)
+    for a_m, m in zip(alpha, model.modalities):
+        learned += a_m * row_topk_similarity(model.proj[m](model.features(m)))
+        raw += a_m * sym_norm(row_topk_similarity(model.features(m)))
+    lam = model.config.lambda_coeff
+    return (1 - lam) * sym_norm(learned) + lam * raw
 
 
 def _dense(edges, n):

@@ -19,25 +19,32 @@ def wide():
 
 
 def reference(model, dataset):
-    """Dense reference of the paper's equations: x = norm([pref; MLP(f)]), then per layer
-    h = lrelu(Ā x W), x̂ = lrelu(x W_l + b) + id, x = lrelu(W_g [h; x̂] + b); mean over modalities."""
-    r = torch.tensor(dataset.train.toarray())
-    n_u = r.shape[0]
-    a = torch.zeros(n_u + r.shape[1], n_u + r.shape[1])
-    a[:n_u, n_u:], a[n_u:, :n_u] = r, r.T
-    a = a / a.sum(1, keepdim=True).clamp_min(1)                     # PyG mean aggregation
-    outs = []
-    for m, g in model.gcn.items():
-        f = model.features(m)
-        items = g.mlp(f) if g.mlp is not None else f
-        x = F.normalize(torch.cat([g.preference, items]), dim=1)
-        for w, lin, comb in zip(g.conv, g.lin, g.comb):
-            h = F.leaky_relu(a @ (x @ w))
-            x_hat = F.leaky_relu(lin(x)) + model.id_emb
-            x = F.leaky_relu(comb(torch.cat([h, x_hat], dim=1)))
-        outs.append(x)
-    e = sum(outs) / len(outs)
-    return e[:n_u], e[n_u:]
+    """Dense reference of the paper's equations (MMGCN, Eq. 1-5), one modality m at a time.
+
+    With Â the row-normalised (mean) adjacency of the bipartite graph and H⁰ = ℓ2-rows([P_m; f̃_m])
+    (user preferences on top of the item features, f̃ = f W_mlp + b when the features are wide):
+    aggregation ``G = σ(Â H W)``, combination ``H' = σ(W_c [G ; σ(H W_l + b_l) + E_id] + b_c)``
+    with σ = LeakyReLU(0.01); the representation is the mean of the last layer over modalities."""
+    train = torch.tensor(dataset.train.toarray())
+    n_u, n_i = train.shape
+    adjacency = torch.zeros(n_u + n_i, n_u + n_i)
+    adjacency[:n_u, n_u:] = train
+    adjacency[n_u:, :n_u] = train.T
+    mean_adj = adjacency / adjacency.sum(dim=1).clamp(min=1.0)[:, None]
+    act = torch.nn.LeakyReLU(0.01)
+    per_modality = []
+    for name, net in model.gcn.items():
+        raw = model.features(name)
+        items = raw if net.mlp is None else raw @ net.mlp.weight.T + net.mlp.bias
+        h = F.normalize(torch.vstack([net.preference, items]), p=2, dim=1)
+        for n_layer in range(len(net.conv)):
+            gathered = act(mean_adj @ h @ net.conv[n_layer])
+            own = act(h @ net.lin[n_layer].weight.T + net.lin[n_layer].bias) + model.id_emb
+            w_c, b_c = net.comb[n_layer].weight, net.comb[n_layer].bias
+            h = act(torch.hstack([gathered, own]) @ w_c.T + b_c)
+        per_modality.append(h)
+    rep = torch.stack(per_modality).mean(dim=0)
+    return rep[:n_u], rep[n_u:]
 
 
 @pytest.mark.parametrize("learn", [False, True])
