@@ -9,15 +9,18 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prismrec import __version__
 from prismrec.errors import PrismrecError, UnsupportedError
 from prismrec.serve.metrics import Metrics, MetricsMiddleware
 from prismrec.serve.routes import admin, api
 from prismrec.serve.settings import ServeSettings
-from prismrec.serve.state import Conflict, NotFound, StateHolder, load_holder
+from prismrec.serve.state import Conflict, NotFound, StateHolder, load_holder, run_name
 
 log = logging.getLogger("prismrec")
 STATIC = Path(__file__).parent / "static"
@@ -33,7 +36,7 @@ def create_app(settings: ServeSettings | None = None, *, holder: StateHolder | N
     if holder is None:
         holder = load_holder(settings if settings is not None else ServeSettings())
     app = FastAPI(title="prismrec", version=__version__, docs_url=None, redoc_url=None,
-                  description=f"Recommendations from the bundle `{holder.current.bundle}` "
+                  description=f"Recommendations from the run `{run_name(holder.current.bundle)}` "
                               f"(model `{holder.current.rec.model_name}`).")
     app.state.holder = holder
     app.state.metrics = Metrics()
@@ -55,8 +58,55 @@ def create_app(settings: ServeSettings | None = None, *, holder: StateHolder | N
     for exc, status in ((NotFound, 404), (Conflict, 409), (UnsupportedError, 422), (PrismrecError, 422),
                         (ValueError, 422)):
         app.add_exception_handler(exc, _handler(status))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal)
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI schema, with ``POST /items``'s ``features`` spelled out for this bundle: every
+    modality required, with its exact dimension (a generic map would promise that ``{}`` is fine)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        new_item = schema.get("components", {}).get("schemas", {}).get("NewItem")
+        state = app.state.holder.current
+        mods, limits = state.modalities, state.feature_limits
+        if new_item is not None and mods:
+            new_item["properties"]["features"] = {
+                "type": "object", "title": "Features", "additionalProperties": False, "required": list(mods),
+                "description": "modality -> feature vector: every modality of the bundle, each of its dimension, "
+                               "values within the range of the training features (10x their largest)",
+                "properties": {m: {"type": "array", "minItems": d, "maxItems": d,
+                                   "items": {"type": "number", **({"minimum": -limits[m], "maximum": limits[m]}
+                                                                  if m in limits else {})}}
+                               for m, d in mods.items()}}
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path accepts (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for route in request.app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """405 with an ``Allow`` header naming all the path's methods; ``OPTIONS`` answered with 204 and
+    that header; a body that is not UTF-8 a 422 like any other malformed body (FastAPI says 400)."""
+    if exc.status_code == 405:
+        allow = ", ".join(_allowed_methods(request))
+        if request.method == "OPTIONS" and allow:
+            return Response(status_code=204, headers={"Allow": allow})
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        return JSONResponse({"detail": "the request body is not valid UTF-8 JSON"}, status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 def _add_docs(app: FastAPI) -> None:

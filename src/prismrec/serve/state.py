@@ -37,6 +37,12 @@ class NotFound(KeyError):
         return str(self.args[0])
 
 
+def run_name(bundle: str | Path) -> str:
+    """The run's name (its folder's name) for display: never the server's filesystem path."""
+    bundle = Path(bundle)
+    return bundle.parent.name if bundle.name == "bundle" and bundle.parent.name else bundle.name
+
+
 def resolve_bundle(path: str | Path) -> Path:
     """The bundle directory of a run directory or bundle path (``<run>/bundle`` when that exists)."""
     path = Path(path)
@@ -71,6 +77,8 @@ class ServingState:
     registered: tuple[RegisteredItem, ...] = ()
     extra_lookup: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     loaded_at: float = field(default_factory=time.time)
+    # modality -> the largest |value| POST /items accepts: FEATURE_RANGE x the training features' largest
+    feature_limits: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -96,8 +104,37 @@ class ServingState:
                 model.prepare_scoring()  # kept for the life of this state (score() needs it)
         log.info("serving %s (%s, %d users, %d items, %s index)", bundle, rec.model_name, ds.n_users,
                  ds.n_items, index.kind if index else "model.score")
-        return cls(bundle=bundle, rec=rec, user_map=ds.user_map, item_ids=np.asarray(ds.item_ids),
-                   seen=ds.train, user_vecs=user_vecs, index=index, sim_index=sim_index)
+        state = cls(bundle=bundle, rec=rec, user_map=ds.user_map, item_ids=np.asarray(ds.item_ids),
+                    seen=ds.train, user_vecs=user_vecs, index=index, sim_index=sim_index,
+                    feature_limits=MappingProxyType(feature_limits(ds.features)))
+        state.self_check()
+        return state
+
+    def self_check(self) -> None:
+        """Answer one request of each kind before serving: a bundle that loads must not give 5xx.
+
+        Raises:
+            BundleError: non-finite item/user vectors or scores, or a query that fails.
+        """
+        where = f"{self.bundle}: the model of this bundle"
+        for name, t in (("user vectors", self.user_vecs), ("item vectors", self.index.base if self.index else None)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise BundleError(f"{where} gives non-finite {name}; re-create the bundle")
+        users = np.unique(np.array([0, len(self.user_map) - 1]))
+        try:
+            for u in users:
+                items, scores = self.recommend(self.user_map.external(int(u)), 10)
+                n_seen = int(self.seen.indptr[u + 1] - self.seen.indptr[u])
+                # non-finite scores are dropped from the list: a short list means there were some
+                if not np.isfinite(scores).all() or len(items) < min(10, self.n_base - n_seen):
+                    raise BundleError(f"{where} gives non-finite scores; re-create the bundle")
+            if self.sim_index is not None:
+                self.similar(self.item_ids[0].item(), 10)
+        except (PrismrecError, NotFound):
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as e:
+            raise BundleError(f"{where} fails on a first query ({type(e).__name__}: {e}); re-create the "
+                              "bundle") from None
 
     # -- ids ------------------------------------------------------------------------------------
     @property
@@ -208,7 +245,7 @@ class ServingState:
         index = self._require_index("registering items")
         if str(item_id) in self.rec.dataset.item_map or str(item_id) in self.extra_lookup:
             raise Conflict(f"item '{item_id}' already exists")
-        feats = check_features(features, self.modalities)
+        feats = check_features(features, self.modalities, self.feature_limits)
         with torch.no_grad():
             vec = self.rec.model.embed_items({m: torch.from_numpy(f[None, :]) for m, f in feats.items()})  # [1, d]
         vec = vec.detach().to(index.base.dtype)
@@ -226,8 +263,20 @@ class ServingState:
                        registered=self.registered + (reg,), extra_lookup=MappingProxyType(lookup))
 
 
-def check_features(features: dict, modalities: dict[str, int]) -> dict[str, np.ndarray]:
-    """Validated float32 features: every modality, the right dimension, finite values."""
+FEATURE_RANGE = 10.0
+
+
+def feature_limits(features: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per modality, the largest absolute value a registered item's features may hold:
+    :data:`FEATURE_RANGE` times the training features' largest (at least 1). The OpenAPI schema
+    states it, so that valid-looking features are never refused for their size."""
+    return {m: float(max(FEATURE_RANGE * float(np.abs(f).max(initial=0.0)), 1.0)) for m, f in features.items()}
+
+
+def check_features(features: dict, modalities: dict[str, int],
+                   limits: MappingProxyType | dict | None = None) -> dict[str, np.ndarray]:
+    """Validated float32 features: every modality, the right dimension, finite values (within
+    ``limits[m]`` in absolute value, where given)."""
     missing = [m for m in modalities if m not in features]
     extra = [m for m in features if m not in modalities]
     if missing or extra:
@@ -240,6 +289,11 @@ def check_features(features: dict, modalities: dict[str, int]) -> dict[str, np.n
             raise ValueError(f"modality '{m}' needs a vector of {d} numbers, got shape {list(f.shape)}")
         if not np.isfinite(f).all() or (np.abs(f) > np.finfo(np.float32).max).any():
             raise ValueError(f"modality '{m}' has non-finite values")
+        limit = (limits or {}).get(m)
+        if limit is not None and (np.abs(f) > limit).any():
+            raise ValueError(f"modality '{m}' has values out of range: |value| <= {limit:g} "
+                             f"({FEATURE_RANGE:g}x the training features' largest); scale them like the "
+                             "training features")
         out[m] = f.astype(np.float32)
     return out
 
