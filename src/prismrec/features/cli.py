@@ -20,13 +20,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def extract(
-        items: Path = typer.Option(..., "--items", help="items table (.csv/.tsv/.parquet): id + title/description, "
-                                   "image path, audio path columns"),
+        items: Optional[Path] = typer.Option(None, "--items", help="items table (.csv/.tsv/.parquet): id + "
+                                             "title/description, image path, audio path columns"),
+        data: Optional[str] = typer.Option(None, "--data", help="instead of --items: a dataset with item text "
+                                           "(RecBole .text/.item, MovieLens u.item); OUT is then a dataset folder "
+                                           "(interactions + text_feat.npy) ready for `prismrec train --data OUT`"),
+        min_rating: Optional[float] = typer.Option(None, "--min-rating", help="with --data: keep only ratings >= "
+                                                   "this as positives (MovieLens, RecBole with a rating field)"),
         out: Path = typer.Option(..., "--out", help="output folder: <modality>_feat.npy, items.json, extract_report.json"),
         modalities: Optional[str] = typer.Option(None, "--modalities", help="comma list of text,image,audio "
                                                  "(default: those with a column)"),
         workers: int = typer.Option(1, "--workers", help="local processes encoding in parallel"),
-        batch_size: int = typer.Option(32, "--batch-size", help="items per encoder call"),
+        batch_size: int = typer.Option(64, "--batch-size", help="items per encoder call (and per forward pass)"),
         text_encoder: str = typer.Option("auto", "--text-encoder", help="minilm | hashing | sentence-transformer | "
                                          "auto (minilm if installed, else hashing)"),
         image_encoder: str = typer.Option("auto", "--image-encoder", help="efficientnet-lite0 | colorstats | "
@@ -50,11 +55,16 @@ def register(app: typer.Typer) -> None:
         cache: Optional[Path] = typer.Option(None, "--cache", help="content-hash cache folder (default OUT/cache)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="use a temporary cache, removed at the end"),
         fill: str = typer.Option("mean", "--fill", help="feature row of skipped items: mean | zeros"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or progress messages (warnings, "
+                                   "errors and the final summary still print)"),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ):
-        """Extract modality features from raw media (offline), ready for `prismrec train --data OUT`.
+        """Extract modality features (offline): from an items table of raw media (--items), or from a
+        dataset's own item text (--data).
 
+        With --items, OUT holds the features and items.json; add an interactions.csv (user, item
+        [, timestamp | split]) beside them for `prismrec train --data OUT`. With --data, OUT is a complete
+        dataset folder (interactions.csv, items.csv, text_feat.npy): `prismrec train --data OUT` runs as is.
         Skipped items (missing or unreadable files, empty text) are listed in OUT/extract_report.json and
         get the mean feature row of their modality. Under `torchrun`, each rank encodes a shard into the
         (shared) cache and rank 0 writes the outputs.
@@ -63,10 +73,16 @@ def register(app: typer.Typer) -> None:
         from prismrec.features.pipeline import extract as run_extract, extract_distributed
 
         _setup_logging(verbose)
+        if quiet and not verbose:
+            logging.getLogger("prismrec").setLevel(logging.WARNING)
         if fill not in ("mean", "zeros"):
             fail(f"--fill must be mean or zeros, got {fill!r}")
         if workers < 1 or batch_size < 1:
             fail(f"--workers and --batch-size must be >= 1, got {workers} and {batch_size}")
+        if (items is None) == (data is None):
+            fail("give either --items TABLE (raw media/text per item) or --data DATASET (its own item text)")
+        if min_rating is not None and data is None:
+            fail("--min-rating goes with --data")
         encoders = {"text": text_encoder, "image": image_encoder, "audio": audio_encoder}
         options: dict[str, dict] = {}
         if text_model is not None:
@@ -81,7 +97,13 @@ def register(app: typer.Typer) -> None:
         kwargs = dict(modalities=_csv(modalities), encoders=encoders, encoder_options=options, cache_dir=cache,
                       use_cache=not no_cache, batch_size=batch_size, workers=workers, fill=fill, id_col=id_col,
                       text_cols=_csv(text_cols), image_col=image_col, audio_col=audio_col, show_progress=not quiet)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if data is not None:
+            from prismrec.features.from_dataset import extract_dataset
+            for k in ("modalities", "id_col", "image_col", "audio_col", "text_cols"):
+                kwargs.pop(k)
+            load = {"min_rating": min_rating} if min_rating is not None else None
+            result = run_guarded(extract_dataset, data, out, text_cols=_csv(text_cols), load_options=load, **kwargs)
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
             kwargs.pop("use_cache")
             result = run_guarded(extract_distributed, items, out, **kwargs)
         else:

@@ -79,6 +79,7 @@ class ExtractResult:
     out: Path
     items: list[str]
     modalities: dict[str, ModalityResult]
+    batch_size: int | None = None
 
     @property
     def errors(self) -> dict[str, list[ItemError]]:
@@ -265,7 +266,7 @@ def _assemble(table: ItemsTable, modality: str, keys: dict[int, bytes], item_err
 
 def extract(items: str | Path, out: str | Path, *, modalities: list[str] | None = None,
             encoders: dict[str, str] | None = None, encoder_options: dict[str, dict] | None = None,
-            cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int = 32, workers: int = 1,
+            cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int = 64, workers: int = 1,
             fill: str = "mean", id_col: str | None = None, text_cols: list[str] | None = None,
             image_col: str | None = None, audio_col: str | None = None, show_progress: bool = True,
             shard: tuple[int, int] = (0, 1)) -> ExtractResult:
@@ -280,7 +281,8 @@ def extract(items: str | Path, out: str | Path, *, modalities: list[str] | None 
         encoder_options: modality -> keyword options of that encoder (e.g. ``{"image": {"weights": p}}``).
         cache_dir: the content-hash cache (default ``out/cache``); ``use_cache=False`` uses a
             temporary one, removed at the end.
-        batch_size: items per encoder call (and per cache part).
+        batch_size: items per encoder call (and per cache part); also the forward-pass batch of an
+            encoder that takes a ``batch_size`` option (MiniLM) unless ``encoder_options`` sets one.
         workers: local processes encoding in parallel.
         fill: feature row of skipped items: ``"mean"`` of the encoded rows or ``"zeros"``.
         id_col, text_cols, image_col, audio_col: column names (see :func:`read_items`).
@@ -308,7 +310,10 @@ def extract(items: str | Path, out: str | Path, *, modalities: list[str] | None 
     try:
         for m in table.sources:
             name = resolve_encoder_name(m, (encoders or {}).get(m, "auto"))
-            encoder = get_encoder(name, m, **(encoder_options or {}).get(m, {}))
+            opts = dict((encoder_options or {}).get(m, {}))
+            if "batch_size" not in opts and _takes_batch_size(name):
+                opts["batch_size"] = batch_size  # one batch size: the encoder's forward pass is the pipeline's batch
+            encoder = get_encoder(name, m, **opts)
             log.info("%s: encoder %s", m, name)
             r = _extract_modality(table, m, encoder, cache_root, out if writing else None, batch_size=batch_size,
                                   workers=workers, fill=fill, show_progress=show_progress, shard=shard)
@@ -317,11 +322,18 @@ def extract(items: str | Path, out: str | Path, *, modalities: list[str] | None 
     finally:
         if tmp_cache is not None:
             shutil.rmtree(tmp_cache, ignore_errors=True)
-    result = ExtractResult(out, table.ids, results)
+    result = ExtractResult(out, table.ids, results, batch_size)
     if writing:
         _write_meta(out, table, result)
         log.debug("%s", result.summary())
     return result
+
+
+def _takes_batch_size(name: str) -> bool:
+    import inspect
+    from prismrec.features.encoders import registered_encoders
+    cls = registered_encoders().get(name)
+    return cls is not None and "batch_size" in inspect.signature(cls.__init__).parameters
 
 
 def _warn_errors(r: ModalityResult, shown: int = 10) -> None:
@@ -347,6 +359,7 @@ def _write_meta(out: Path, table: ItemsTable, result: ExtractResult) -> None:
             log.warning("items changed since %s were written; they no longer match items.json: re-extract them", stale)
     _atomic_json(ids_file, table.ids)
     report = {"prismrec_version": __version__, "items_table": str(table.path), "n_items": len(table.ids),
+              "batch_size": result.batch_size,
               "skipped_item_row": "mean of the encoded rows" if any(r.fill == "mean" for r in result.modalities.values())
               else "zeros",
               "modalities": {m: {**{k: v for k, v in asdict(r).items() if k != "errors"},

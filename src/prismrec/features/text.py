@@ -130,7 +130,9 @@ class SentenceTransformerEncoder(Encoder):
         return str(content)
 
     def identity(self) -> dict:
-        return {**super().identity(), "weights": self._digest}
+        ident = super().identity()
+        ident["options"].pop("batch_size", None)  # how many texts share a forward pass does not change a vector
+        return {**ident, "weights": self._digest}
 
     def encode(self, batch: list) -> np.ndarray:
         emb = self._load().encode([str(t) for t in batch], batch_size=self.batch_size, convert_to_numpy=True,
