@@ -17,46 +17,48 @@ def _batches(ds, size=64, seed=0):
 
 
 def _dense_forward(model: MGCN):
-    """Dense reference of the paper's equations (image + text): purified item views on the kNN item
-    graphs, LightGCN layer mean of the ID embeddings, attention-fused common part and preference-gated
-    specific parts."""
+    """Dense reference of the paper's equations, every user and item at once (MGCN, Eq. 2-11).
+
+    Returns ``(E, E_side, E_id)`` over all ``N + I`` rows: ``E_id`` is the LightGCN layer mean on the
+    user-item graph; per modality m the purified item view ``H_m = S_m^L (E_id^0_items ⊙ σ-gate(W_m X_m))``
+    and the user view ``R H_m``; the fuser weighs the views by a softmax over modalities of a shared
+    query, ``E_side = (Σ_m g_m(E_id) ⊙ (H_m - H_common) + H_common) / (M + 1)``, ``E = E_id + E_side``.
+    """
     n = model.n_users
-    adj, r = model.adj.a.to_dense(), model.user_item.a.to_dense()
-    user, item = model.embedding[:n], model.embedding[n:]
-    views = {}
-    for m in ("image", "text"):
-        item_embeds = item * model.purifier[m](model.proj[m](model.features(m)))
-        item_embeds = model.item_graphs[m].a.to_dense() @ item_embeds
-        views[m] = torch.cat([r @ item_embeds, item_embeds])
-    ego = torch.cat([user, item])
-    layers = [ego]
-    for _ in range(2):
-        ego = adj @ ego
-        layers.append(ego)
-    content = torch.stack(layers, dim=1).mean(dim=1)
-    att = torch.softmax(torch.cat([model.query(views["image"]), model.query(views["text"])], dim=-1), dim=-1)
-    common = att[:, 0:1] * views["image"] + att[:, 1:2] * views["text"]
-    sep_image = model.prefer["image"](content) * (views["image"] - common)
-    sep_text = model.prefer["text"](content) * (views["text"] - common)
-    side = (sep_image + sep_text + common) / 3
-    return content + side, side, content
+    graph, ratings = model.adj.a.to_dense(), model.user_item.a.to_dense()
+    table = model.embedding                                            # [N + I, d] layer-0 embeddings
+    hops = [table]
+    for _ in range(model.config.num_ui_layers):
+        hops.append(graph @ hops[-1])
+    e_id = sum(hops) / len(hops)
+    views = []                                                         # [N + I, d] per modality
+    for m in model.modalities:
+        purified = table[n:] * model.purifier[m](model.proj[m](model.features(m)))
+        for _ in range(model.config.num_ii_layers):
+            purified = model.item_graphs[m].a.to_dense() @ purified
+        views.append(torch.vstack([ratings @ purified, purified]))
+    scores = torch.hstack([model.query(v) for v in views])             # [N + I, M]
+    weights = torch.softmax(scores, dim=1)
+    common = sum(weights[:, k:k + 1] * v for k, v in enumerate(views))
+    gated = [model.prefer[m](e_id) * (v - common) for m, v in zip(model.modalities, views)]
+    side = (sum(gated) + common) / (len(views) + 1)
+    return e_id + side, side, e_id
 
 
 def _reference_loss(model: MGCN, batch) -> torch.Tensor:
-    """The paper's objective, BPR + L2 + InfoNCE, computed from a full dense forward of every user and
-    item, then read at the batch rows."""
+    """The paper's objective from the dense forward: BPR + λ_E · ½‖batch rows‖² / B + λ_C · InfoNCE."""
     cfg, n = model.config, model.n_users
-    e, e_mul, e_id = _dense_forward(model)
-    u, p, ng = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
-    bpr = -F.logsigmoid((u * p).sum(1) - (u * ng).sum(1)).mean()
-    reg = (u.pow(2).sum() + p.pow(2).sum() + ng.pow(2).sum()) / 2 / cfg.reg_batch_size
+    e, side, e_id = _dense_forward(model)
+    u, p, q = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
+    bpr = F.softplus(-((u * p).sum(1) - (u * q).sum(1))).mean()
+    l2 = 0.5 * sum(t.square().sum() for t in (u, p, q)) / cfg.reg_batch_size
 
-    def nce(a, b):
-        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-        pos = torch.exp((a * b).sum(dim=-1) / 0.2)
-        return torch.mean(-torch.log(pos / torch.exp(a @ b.T / 0.2).sum(dim=1)))
-    cl = nce(e_mul[n + batch.pos_items], e_id[n + batch.pos_items]) + nce(e_mul[batch.users], e_id[batch.users])
-    return bpr + cfg.reg_weight * reg + cfg.cl_weight * cl
+    def contrast(x, y):  # InfoNCE: row i of x should pick row i of y among all rows of y
+        logits = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T / cfg.temperature
+        return F.cross_entropy(logits, torch.arange(len(x)))
+    rows_i, rows_u = n + batch.pos_items, batch.users
+    cl = contrast(side[rows_i], e_id[rows_i]) + contrast(side[rows_u], e_id[rows_u])
+    return bpr + cfg.reg_weight * l2 + cfg.cl_weight * cl
 
 
 def test_batch_rows_loss_and_gradients_match_full_reference(tiny):
@@ -98,9 +100,9 @@ def test_feature_table_gradient_buffer_is_reused_and_accumulates(tiny):
 def test_table_update_in_backward_equals_optimizer_step(tiny, monkeypatch, precision):
     """The feature tables' Adam update applied inside backward (row blocks, the trainer's fast
     path) gives the parameters and optimiser state that ``optimizer.step()`` gives."""
-    from prismrec.models import mgcn
-    monkeypatch.setattr(mgcn, "WIDE", 1)            # bf16 path on the narrow tiny features
-    monkeypatch.setattr(mgcn, "_BLOCK_ROWS", 7)     # several blocks and a ragged last one
+    from prismrec.models import layers, mgcn
+    monkeypatch.setattr(layers, "WIDE", 1)          # bf16 path on the narrow tiny features
+    monkeypatch.setattr(layers, "_BLOCK_ROWS", 7)   # several blocks and a ragged last one
     batches = _batches(tiny)[:4]
     runs = []
     for in_backward in (False, True):
@@ -198,8 +200,8 @@ def test_lr_factor_and_config_validation():
 
 
 def test_bfloat16_products_stay_close_to_float32(tiny, monkeypatch):
-    from prismrec.models import mgcn
-    monkeypatch.setattr(mgcn, "WIDE", 1)  # the tiny features are narrow; force the bf16 path
+    from prismrec.models import layers, mgcn
+    monkeypatch.setattr(layers, "WIDE", 1)  # the tiny features are narrow; force the bf16 path
     batch = _batches(tiny)[0]
     out = {}
     for precision in ("float32", "bfloat16"):

@@ -16,7 +16,7 @@ from torch import nn
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import Batch
 from prismrec.errors import DataError, UnknownNameError, UnsupportedError
-from prismrec.models.layers import feature_tensor, rows_of
+from prismrec.models.layers import adam_rows_, adam_state, feature_tensor, rows_of  # noqa: F401  (adam_*: re-exported)
 
 _REGISTRY: dict[str, type["Model"]] = {}
 
@@ -207,49 +207,6 @@ def adam(params, learning_rate: float, weight_decay: float = 0.0) -> torch.optim
     """Adam with the fused kernel: one pass per tensor instead of ~10 element-wise ops (about 9x
     faster on CPU for embedding tables); same update rule as MMRec's ``torch.optim.Adam``."""
     return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
-
-
-def adam_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> tuple[dict, dict] | None:
-    """``(param_group, state)`` for applying ``optimizer``'s update to ``param`` outside ``step()``,
-    or None where that is not the plain Adam update :func:`adam_rows_` reproduces (another
-    optimiser, AMSGrad, maximize, decoupled weight decay, or ``param`` not in it). The state is
-    created as ``torch.optim.Adam(fused=True)`` creates it."""
-    if type(optimizer) is not torch.optim.Adam:
-        return None
-    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
-    if group is None or group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"):
-        return None
-    state = optimizer.state[param]
-    if not state:
-        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    return group, state
-
-
-def adam_rows_(group: dict, state: dict, param: torch.Tensor, grad_rows, after_rows=None,
-               block_rows: int = 128) -> None:
-    """One Adam step on ``param`` (``[n, ...]``), a block of rows at a time, with the gradient of
-    each block computed just before its update: ``grad_rows(s, e)`` returns the gradient of rows
-    ``s:e``; ``after_rows(s, e)``, when given, runs while the updated rows are still in cache.
-
-    The same update as ``torch.optim.Adam(fused=True).step()`` (its fused kernel, on row slices).
-    For a wide table whose gradient is a product (``G W``), this never writes the full gradient
-    to memory and reads it back: on MGCN's 7,050 x 4,096 image table it saves the gradient's
-    round trip and a separate pass for the table's bf16 copy. torch has no row-blocked optimiser
-    step, so this loop is written here.
-    """
-    beta1, beta2 = group["betas"]
-    step = state["step"]
-    step.add_(1)
-    table, m, v = param.detach(), state["exp_avg"], state["exp_avg_sq"]  # detach: shares the version counter
-    for s in range(0, table.shape[0], block_rows):
-        e = min(s + block_rows, table.shape[0])
-        torch._fused_adam_([table[s:e]], [grad_rows(s, e)], [m[s:e]], [v[s:e]], [], [step],
-                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                           eps=group["eps"], amsgrad=False, maximize=False)
-        if after_rows is not None:
-            after_rows(s, e)
 
 
 def register(cls: type[Model]) -> type[Model]:

@@ -135,3 +135,308 @@ def chunked_rows(fn, n: int, row_floats: int, budget_floats: int = 1 << 21) -> t
     if step >= n:
         return fn(slice(0, n))
     return torch.cat([fn(slice(s, min(s + step, n))) for s in range(0, n, step)])
+
+
+# ---------------------------------------------------------------------------------------------
+# trainable feature tables: a projection whose gradient (or Adam update) stays out of autograd
+# ---------------------------------------------------------------------------------------------
+WIDE = 256  # feature tables at least this wide get bf16 products (narrower ones gain little)
+_BLOCK_ROWS = 128  # 128 x 4096 fp32 rows (2 MB) stay in cache between the product and Adam
+
+
+def adam_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> tuple[dict, dict] | None:
+    """``(param_group, state)`` for applying ``optimizer``'s update to ``param`` outside ``step()``,
+    or None where that is not the plain Adam update :func:`adam_rows_` reproduces (another
+    optimiser, AMSGrad, maximize, decoupled weight decay, or ``param`` not in it). The state is
+    created as ``torch.optim.Adam(fused=True)`` creates it."""
+    if type(optimizer) is not torch.optim.Adam:
+        return None
+    group = next((g for g in optimizer.param_groups if any(p is param for p in g["params"])), None)
+    if group is None or group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"):
+        return None
+    state = optimizer.state[param]
+    if not state:
+        state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    return group, state
+
+
+def adam_rows_(group: dict, state: dict, param: torch.Tensor, grad_rows, after_rows=None,
+               block_rows: int = 128) -> None:
+    """One Adam step on ``param`` (``[n, ...]``), a block of rows at a time, with the gradient of
+    each block computed just before its update: ``grad_rows(s, e)`` returns the gradient of rows
+    ``s:e``; ``after_rows(s, e)``, when given, runs while the updated rows are still in cache.
+
+    The same update as ``torch.optim.Adam(fused=True).step()`` (its fused kernel, on row slices).
+    For a wide table whose gradient is a product (``G W``), this never writes the full gradient
+    to memory and reads it back: on MGCN's 7,050 x 4,096 image table it saves the gradient's
+    round trip and a separate pass for the table's bf16 copy. torch has no row-blocked optimiser
+    step, so this loop is written here.
+    """
+    beta1, beta2 = group["betas"]
+    step = state["step"]
+    step.add_(1)
+    table, m, v = param.detach(), state["exp_avg"], state["exp_avg_sq"]  # detach: shares the version counter
+    for s in range(0, table.shape[0], block_rows):
+        e = min(s + block_rows, table.shape[0])
+        torch._fused_adam_([table[s:e]], [grad_rows(s, e)], [m[s:e]], [v[s:e]], [], [step],
+                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                           eps=group["eps"], amsgrad=False, maximize=False)
+        if after_rows is not None:
+            after_rows(s, e)
+
+
+def _buffer(buffers: dict, key: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    buf = buffers.get(key)
+    if buf is None or buf.shape != like.shape or buf.dtype != dtype:
+        buf = buffers[key] = torch.empty(like.shape, dtype=dtype)
+    return buf
+
+
+def _version(x: torch.Tensor) -> tuple[int, int]:
+    """Identifies ``x``'s current values: its storage and its in-place version counter."""
+    return x.data_ptr(), x._version
+
+
+class _TableProjection(torch.autograd.Function):
+    """``X Wᵀ + b`` for a large trainable leaf table ``X`` whose gradient goes into a kept buffer.
+
+    Autograd would allocate a fresh ``[n_items, d_m]`` gradient every batch (115 MB for 4096-d
+    image features); page-faulting it in costs as much as the product itself. The gradient is
+    written straight into ``X.grad`` (the buffer is reused after ``zero_grad(set_to_none=True)``),
+    the same values as autograd's. With ``bf16`` the three products (forward, ``∂W``, ``∂X``) take
+    bfloat16 inputs with fp32 accumulation; ``X`` itself and its Adam update stay fp32.
+
+    With an Adam ``optimizer`` (the trainer's, see ``Model.step_in_backward``), ``X``'s update
+    is applied in the backward pass instead, 128 rows at a time: each block's gradient ``G W`` is
+    formed in cache, Adam updates the block, and the block's bf16 copy for the next forward is
+    refreshed; ``X.grad`` stays None. Same update, without writing the 115 MB gradient, reading it
+    back and re-reading ``X`` for its copy (about 5 ms of a ~120 ms batch on baby-like).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, buffers: dict, key: str, bf16: bool, optimizer):
+        ctx.buffers, ctx.key, ctx.bf16, ctx.optimizer = buffers, key, bf16, optimizer
+        if bf16:
+            # the copy refreshed by the last in-backward update is used once, if X has not been
+            # written since (load_state_dict bumps the version; the fused Adam kernel does not,
+            # which is why an update by optimizer.step() never leaves a copy to reuse)
+            x16 = buffers.get(key + ".x16")
+            if x16 is None or buffers.pop(key + ".fresh", None) != _version(x):
+                x16 = _buffer(buffers, key + ".x16", x, torch.bfloat16).copy_(x)
+            w16 = weight.to(torch.bfloat16)
+            ctx.save_for_backward(x, w16)
+            return (x16 @ w16.t()).float().add_(bias)
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(bias, x, weight.t())
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        buffers, key = ctx.buffers, ctx.key
+        gp = g.to(torch.bfloat16) if ctx.bf16 else g  # the products' precision
+        grad_w = (gp.t() @ buffers[key + ".x16"]).float() if ctx.bf16 else g.t() @ x
+        adam = adam_state(ctx.optimizer, x) if x.grad is None else None
+        if adam is not None:
+            adam_rows_(*adam, x, *_row_steps(buffers, key, x, gp, weight, ctx.bf16), block_rows=_BLOCK_ROWS)
+            if ctx.bf16:
+                buffers[key + ".fresh"] = _version(x)  # its bf16 copy was refreshed row by row
+        elif ctx.bf16:
+            gx = torch.mm(gp, weight, out=_buffer(buffers, key + ".g16", x, torch.bfloat16))
+            if x.grad is None:
+                x.grad = _buffer(buffers, key, x, x.dtype).copy_(gx)
+            else:
+                x.grad.add_(gx)
+        elif x.grad is None:
+            x.grad = torch.mm(g, weight, out=_buffer(buffers, key, x, x.dtype))
+        else:
+            x.grad.addmm_(g, weight)
+        return None, grad_w, g.sum(dim=0), None, None, None, None
+
+
+def _row_steps(buffers: dict, key: str, x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, bf16: bool):
+    """``(grad_rows, after_rows)`` for :func:`adam_rows_` on the table ``x``: a block's
+    gradient ``g[s:e] W`` in a kept block buffer, and (bf16) the refresh of its bf16 copy."""
+    block = x[:_BLOCK_ROWS]
+    out = _buffer(buffers, key + ".block", block, torch.float32)
+    if not bf16:
+        return (lambda s, e: torch.mm(g[s:e], weight, out=out[: e - s])), None
+    out16 = _buffer(buffers, key + ".block16", block, torch.bfloat16)
+    x16, table = buffers[key + ".x16"], x.detach()
+
+    def grad_rows(s, e):
+        return out[: e - s].copy_(torch.mm(g[s:e], weight, out=out16[: e - s]))
+
+    def after_rows(s, e):
+        x16[s:e].copy_(table[s:e])
+    return grad_rows, after_rows
+
+
+class TrainableTables:
+    """Mixin for models whose raw modality feature tables are trained (MMRec's
+    ``nn.Embedding.from_pretrained(features, freeze=False)``) and then projected, ``X_m W_mᵀ + b_m``.
+
+    :meth:`init_trainable_tables` turns the feature buffers into parameters; :meth:`project_table`
+    is the projection, with the speed machinery of :class:`_TableProjection` (kept gradient
+    buffer, bf16 products for wide tables, the table's Adam update inside backward once the
+    trainer offers it through ``Model.step_in_backward``). A plug-in that refines ``features()``
+    gets a plain ``nn.Linear`` call on its output instead (its own autograd graph).
+    """
+
+    def init_trainable_tables(self, precision: str) -> None:
+        """Make every ``feat_<m>`` a trainable parameter; ``precision`` is a :data:`PRECISIONS`
+        name for the products of tables at least :data:`WIDE` wide."""
+        low = resolve_precision(precision) == torch.bfloat16
+        for m in self.modalities:
+            setattr(self, f"feat_{m}", torch.nn.Parameter(getattr(self, f"feat_{m}")))
+        self.bf16 = {m: low and self.feature_dims()[m] >= WIDE for m in self.modalities}
+        self._grad_buffers: dict[str, torch.Tensor] = {}
+        self._step_optimizer: torch.optim.Optimizer | None = None
+
+    def step_in_backward(self, optimizer):
+        # the raw feature tables' Adam update runs inside their projection's backward (row blocks)
+        self._step_optimizer = optimizer
+
+    def project_table(self, m: str, linear: torch.nn.Linear) -> torch.Tensor:
+        """``linear(features(m))`` for all items ``[n_items, d]``."""
+        x = self.features(m)
+        if x is getattr(self, f"feat_{m}") and x.requires_grad:  # the raw table itself (no plug-in in between)
+            return _TableProjection.apply(x, linear.weight, linear.bias, self._grad_buffers, m, self.bf16[m],
+                                          self._step_optimizer)
+        return linear(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusion over interaction vectors (DiffMM; LD4MRec's clamped schedule)
+# ---------------------------------------------------------------------------------------------
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding ``[cos(t ω_j); sin(t ω_j)]``, ``ω_j = 10000^{-j/(dim/2)}``, of (possibly
+    fractional) steps ``t [B] -> [B, dim]`` (zero-padded to an odd ``dim``)."""
+    import math
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    a = t.float()[:, None] * freqs[None]
+    return F.pad(torch.cat([torch.cos(a), torch.sin(a)], dim=1), (0, dim % 2))
+
+
+def betas_from_alpha_bar(alpha_bar: torch.Tensor, beta_min: float = 0.0, beta_max: float = 0.999,
+                         first_beta: float | None = None) -> torch.Tensor:
+    """Per-step ``β_t = 1 - ᾱ_t / ᾱ_{t-1}`` (``ᾱ_{-1} = 1``) of a target ``ᾱ`` schedule, clamped to
+    ``[beta_min, beta_max]``; ``first_beta`` replaces ``β_0`` (DiffRec/DiffMM fix it at 1e-4).
+    The schedule actually used is ``cumprod(1 - β)``. float64 in, float64 out."""
+    prev = torch.cat([torch.ones(1, dtype=alpha_bar.dtype), alpha_bar[:-1]])
+    betas = (1 - alpha_bar / prev).clamp(beta_min, beta_max)
+    if first_beta is not None:
+        betas[0] = first_beta
+    return betas
+
+
+class _FrozenProjection(torch.autograd.Function):
+    """``X Wᵀ (+ b)`` from a kept bf16 copy of a fixed table ``X`` (no gradient for ``X``): the
+    forward and ``∂W`` products take bf16 inputs with fp32 accumulation."""
+
+    @staticmethod
+    def forward(ctx, x16, weight, bias):
+        ctx.save_for_backward(x16)
+        ctx.has_bias = bias is not None
+        out = (x16 @ weight.to(torch.bfloat16).t()).float()
+        return out.add_(bias) if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, g):
+        (x16,) = ctx.saved_tensors
+        return None, (g.to(torch.bfloat16).t() @ x16).float(), g.sum(dim=0) if ctx.has_bias else None
+
+
+def project_fixed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cache: dict, key: str,
+                  bf16: bool) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a feature table that is not trained (DRAGON's, LGMRec's
+    raw features).
+
+    With ``bf16`` the products read a bfloat16 copy of ``x`` kept in ``cache[key]`` (made again
+    when ``x`` is another tensor or was written since), so each batch multiplies half the bytes
+    without converting the table again. An ``x`` that needs a gradient (a plug-in's refined
+    features) takes the plain fp32 product.
+    """
+    if not bf16 or x.requires_grad:
+        return F.linear(x, weight, bias)
+    entry = cache.get(key)
+    if entry is None or entry[0] != _version(x) or entry[1].shape != x.shape:
+        entry = cache[key] = (_version(x), x.detach().to(torch.bfloat16))
+    return _FrozenProjection.apply(entry[1], weight, bias)
+
+
+def info_nce_all(a: torch.Tensor, b: torch.Tensor, index: torch.Tensor, temperature: float,
+                 precision: torch.dtype | None = None) -> torch.Tensor:
+    """InfoNCE of rows ``index`` of ``a`` against **every** row of ``b``, summed over ``index``:
+
+    .. math::
+        \\sum_j -\\log \\frac{\\exp(\\cos(a_{x_j}, b_{x_j})/\\tau)}{\\sum_{k} \\exp(\\cos(a_{x_j}, b_k)/\\tau)}
+
+    (LGMRec's hypergraph contrast: a batch's users against all users). Each distinct index is
+    computed once and weighted by its count; one ``[distinct, len(b)]`` exponential pass and an
+    analytic backward. ``precision=torch.bfloat16`` multiplies bf16 copies in the two large
+    products (fp32 accumulation and exponentials).
+    """
+    rows, counts = torch.unique(index, return_counts=True)
+    an = F.normalize(a[rows], dim=1) / temperature
+    bn = F.normalize(b, dim=1)
+    return _InfoNCEAll.apply(an, bn, rows, counts.to(a.dtype), precision or a.dtype)
+
+
+class _InfoNCEAll(torch.autograd.Function):
+    """``Σ_j c_j (log Σ_k exp(a_j·b_k) - a_j·b_{r_j})`` for ``|a_j| ≤ 1/τ``, ``|b_k| ≤ 1``."""
+
+    @staticmethod
+    def forward(ctx, a, b, rows, c, precision):
+        low = precision != a.dtype
+        p = (a.to(precision) @ b.to(precision).T).to(a.dtype) if low else a @ b.T   # [R, K]
+        p.exp_()
+        total = p.sum(dim=1)                                                         # [R]
+        ctx.low = low
+        ctx.save_for_backward(a, b, rows, c, p.to(precision) if low else p, total)
+        return (c * (total.log() - (a * b[rows]).sum(dim=1))).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, rows, c, p, total = ctx.saved_tensors
+        w = (c * g)[:, None]                                  # [R, 1]
+        wa = a * (w / total[:, None])                         # softmax-weighted rows of a
+        if ctx.low:
+            pb, pa = (p @ b.to(p.dtype)).to(a.dtype), (p.T @ wa.to(p.dtype)).to(a.dtype)
+        else:
+            pb, pa = p @ b, p.T @ wa
+        grad_a = w * (pb / total[:, None] - b[rows])
+        grad_b = pa.index_add_(0, rows, a * w, alpha=-1.0)
+        return grad_a, grad_b, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# spectral filters over the embedding axis (SMORE)
+# ---------------------------------------------------------------------------------------------
+def spectrum(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal real FFT of each row ``[n, d] -> [n, d//2 + 1]`` (complex)."""
+    return torch.fft.rfft(x, dim=1, norm="ortho")
+
+
+class SpectralFilter(torch.nn.Module):
+    """A learnable complex filter ``K [d//2 + 1]`` applied in the frequency domain:
+    ``F⁻¹(K ⊙ Π_k X̂_k)`` for one or more spectra ``X̂_k`` (one: denoising; several: fusion by
+    the convolution theorem, a circular convolution of the inputs). Weights start ``N(0, 1)``
+    (real and imaginary parts), as in SMORE's code.
+
+    Shapes:
+        each spectrum [n, d//2 + 1] complex -> [n, d] real.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.weight = torch.nn.Parameter(torch.randn(dim // 2 + 1, 2))   # (real, imaginary)
+
+    def forward(self, *spectra: torch.Tensor) -> torch.Tensor:
+        prod = spectra[0]
+        for s in spectra[1:]:
+            prod = prod * s
+        return torch.fft.irfft(prod * torch.view_as_complex(self.weight), n=self.dim, dim=1, norm="ortho")

@@ -8,9 +8,9 @@ from torch import nn
 
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
-from prismrec.models import base
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
+    TrainableTables,
     bpr_loss,
     check_precision,
     dot,
@@ -18,8 +18,6 @@ from prismrec.models.layers import (
     l2_loss,
     resolve_precision,
 )
-
-WIDE = 256  # feature tables at least this wide get bf16 products (narrower ones gain little)
 
 
 @dataclass(frozen=True)
@@ -56,97 +54,8 @@ def _gate(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
 
 
-def _buffer(buffers: dict, key: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    buf = buffers.get(key)
-    if buf is None or buf.shape != like.shape or buf.dtype != dtype:
-        buf = buffers[key] = torch.empty(like.shape, dtype=dtype)
-    return buf
-
-
-class _TableProjection(torch.autograd.Function):
-    """``X Wᵀ + b`` for a large trainable leaf table ``X`` whose gradient goes into a kept buffer.
-
-    Autograd would allocate a fresh ``[n_items, d_m]`` gradient every batch (115 MB for 4096-d
-    image features); page-faulting it in costs as much as the product itself. The gradient is
-    written straight into ``X.grad`` (the buffer is reused after ``zero_grad(set_to_none=True)``),
-    the same values as autograd's. With ``bf16`` the three products (forward, ``∂W``, ``∂X``) take
-    bfloat16 inputs with fp32 accumulation; ``X`` itself and its Adam update stay fp32.
-
-    With an Adam ``optimizer`` (the trainer's, see :meth:`Model.step_in_backward`), ``X``'s update
-    is applied in the backward pass instead, 128 rows at a time: each block's gradient ``G W`` is
-    formed in cache, Adam updates the block, and the block's bf16 copy for the next forward is
-    refreshed; ``X.grad`` stays None. Same update, without writing the 115 MB gradient, reading it
-    back and re-reading ``X`` for its copy (about 5 ms of a ~120 ms batch on baby-like).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, buffers: dict, key: str, bf16: bool, optimizer):
-        ctx.buffers, ctx.key, ctx.bf16, ctx.optimizer = buffers, key, bf16, optimizer
-        if bf16:
-            # the copy refreshed by the last in-backward update is used once, if X has not been
-            # written since (load_state_dict bumps the version; the fused Adam kernel does not,
-            # which is why an update by optimizer.step() never leaves a copy to reuse)
-            x16 = buffers.get(key + ".x16")
-            if x16 is None or buffers.pop(key + ".fresh", None) != _version(x):
-                x16 = _buffer(buffers, key + ".x16", x, torch.bfloat16).copy_(x)
-            w16 = weight.to(torch.bfloat16)
-            ctx.save_for_backward(x, w16)
-            return (x16 @ w16.t()).float().add_(bias)
-        ctx.save_for_backward(x, weight)
-        return torch.addmm(bias, x, weight.t())
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        buffers, key = ctx.buffers, ctx.key
-        gp = g.to(torch.bfloat16) if ctx.bf16 else g  # the products' precision
-        grad_w = (gp.t() @ buffers[key + ".x16"]).float() if ctx.bf16 else g.t() @ x
-        adam = base.adam_state(ctx.optimizer, x) if x.grad is None else None
-        if adam is not None:
-            base.adam_rows_(*adam, x, *_row_steps(buffers, key, x, gp, weight, ctx.bf16), block_rows=_BLOCK_ROWS)
-            if ctx.bf16:
-                buffers[key + ".fresh"] = _version(x)  # its bf16 copy was refreshed row by row
-        elif ctx.bf16:
-            gx = torch.mm(gp, weight, out=_buffer(buffers, key + ".g16", x, torch.bfloat16))
-            if x.grad is None:
-                x.grad = _buffer(buffers, key, x, x.dtype).copy_(gx)
-            else:
-                x.grad.add_(gx)
-        elif x.grad is None:
-            x.grad = torch.mm(g, weight, out=_buffer(buffers, key, x, x.dtype))
-        else:
-            x.grad.addmm_(g, weight)
-        return None, grad_w, g.sum(dim=0), None, None, None, None
-
-
-def _version(x: torch.Tensor) -> tuple[int, int]:
-    """Identifies ``x``'s current values: its storage and its in-place version counter."""
-    return x.data_ptr(), x._version
-
-
-def _row_steps(buffers: dict, key: str, x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, bf16: bool):
-    """``(grad_rows, after_rows)`` for :func:`base.adam_rows_` on the table ``x``: a block's
-    gradient ``g[s:e] W`` in a kept block buffer, and (bf16) the refresh of its bf16 copy."""
-    block = x[:_BLOCK_ROWS]
-    out = _buffer(buffers, key + ".block", block, torch.float32)
-    if not bf16:
-        return (lambda s, e: torch.mm(g[s:e], weight, out=out[: e - s])), None
-    out16 = _buffer(buffers, key + ".block16", block, torch.bfloat16)
-    x16, table = buffers[key + ".x16"], x.detach()
-
-    def grad_rows(s, e):
-        return out[: e - s].copy_(torch.mm(g[s:e], weight, out=out16[: e - s]))
-
-    def after_rows(s, e):
-        x16[s:e].copy_(table[s:e])
-    return grad_rows, after_rows
-
-
-_BLOCK_ROWS = 128  # 128 x 4096 fp32 rows (2 MB) stay in cache between the product and Adam
-
-
 @register
-class MGCN(JointTable, Model):
+class MGCN(TrainableTables, JointTable, Model):
     """Multi-view graph convolution with a behaviour-guided purifier and a behaviour-aware fuser.
 
     `Multi-View Graph Convolutional Network for Multimedia Recommendation
@@ -169,8 +78,8 @@ class MGCN(JointTable, Model):
     code (they replace the frozen feature buffers and are read through :meth:`features`, so
     plug-ins still apply); the item-item kNN graphs are built once from the initial features.
 
-    Speed (same values as the full computation, tested against a transcription of MMRec's
-    ``forward``): the fuser, the users' modality views and the layer mean run only on the batch's
+    Speed (same values as the full computation, tested against a dense reference of the paper's
+    equations): the fuser, the users' modality views and the layer mean run only on the batch's
     rows; InfoNCE is computed once per distinct row; the table gradient goes into a kept buffer.
     With ``feature_precision`` bf16 the wide-table products take bf16 inputs (fp32 accumulation).
 
@@ -196,32 +105,18 @@ class MGCN(JointTable, Model):
         for m in self.modalities:
             raw = getattr(self, f"feat_{m}")  # the initial features (not plug-in refined): graph and table init
             self.item_graphs[m] = SparseMatrix(modality_graph(raw.numpy(), cfg.knn_k, weighted=True), symmetric=False)
-            setattr(self, f"feat_{m}", nn.Parameter(raw))  # trainable table, as from_pretrained(freeze=False)
+        self.init_trainable_tables(cfg.feature_precision)  # trainable tables, as from_pretrained(freeze=False)
         dims = self.feature_dims()
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], d) for m in self.modalities})
         self.purifier = nn.ModuleDict({m: _gate(d) for m in self.modalities})
         self.prefer = nn.ModuleDict({m: _gate(d) for m in self.modalities})
         self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
-        low = resolve_precision(cfg.feature_precision) == torch.bfloat16
-        self.bf16 = {m: low and dims[m] >= WIDE for m in self.modalities}
         self.cl_dtype = resolve_precision(cfg.cl_precision)
-        self._grad_buffers: dict[str, torch.Tensor] = {}
-        self._step_optimizer: torch.optim.Optimizer | None = None
-
-    def step_in_backward(self, optimizer):
-        # the raw feature tables' Adam update runs inside their projection's backward (row blocks)
-        self._step_optimizer = optimizer
 
     def item_view(self, m: str, item_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Purified, item-item propagated modality embeddings of the items ``[I, d]``."""
         item_emb = self.item_emb if item_emb is None else item_emb
-        x, proj = self.features(m), self.proj[m]
-        if x is getattr(self, f"feat_{m}") and x.requires_grad:  # the raw table itself (no plug-in in between)
-            f = _TableProjection.apply(x, proj.weight, proj.bias, self._grad_buffers, m, self.bf16[m],
-                                       self._step_optimizer)
-        else:
-            f = proj(x)
-        h = item_emb * self.purifier[m](f)  # [I, d]
+        h = item_emb * self.purifier[m](self.project_table(m, self.proj[m]))  # [I, d]
         for _ in range(self.config.num_ii_layers):
             h = self.item_graphs[m] @ h
         return h
