@@ -315,10 +315,17 @@ def datasets_info(path: str = typer.Argument(..., help="dataset path")):
                f"interactions {i['interactions']}\ndensity      {i['density']:.6f}")
     for s, n in i["splits"].items():
         typer.echo(f"{s:<12} {n}")
+    disk = ds.provenance.get("feature_dtypes", {})
     for m, d in i["modalities"].items():
-        typer.echo(f"modality     {m} ({d}-d)")
+        cast = f", {disk[m]} on disk → float32" if disk.get(m, "float32") != "float32" else ""
+        typer.echo(f"modality     {m} ({d}-d{cast})")
     if not i["modalities"]:
         typer.echo("modality     (none)")
+    if ds.provenance.get("format"):
+        layout = ds.provenance.get("layout") or ds.provenance.get("split")
+        typer.echo(f"format       {ds.provenance['format']}{f' ({layout})' if layout else ''}")
+    if ds.item_meta is not None:
+        typer.echo(f"item meta    {', '.join(c for c in ds.item_meta.columns if c != 'item')}")
 
 
 for _mod in PLUGGED_COMMANDS:
