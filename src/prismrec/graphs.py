@@ -306,3 +306,120 @@ def cached_csr(kind: str, inputs, build) -> sp.csr_matrix:
     except OSError as e:
         log.warning("could not write cache file %s (%s)", path, e)
     return m
+
+
+# ---------------------------------------------------------------------------------------------
+# co-occurrence neighbours (user-user graphs) and hypergraphs
+# ---------------------------------------------------------------------------------------------
+def cooccurrence_topk(train: sp.spmatrix, k: int, cache: bool = True) -> sp.csr_matrix:
+    """Every row's ``k`` rows sharing the most columns: for users, the users with the most
+    training items in common (DualGNN's / DRAGON's user-user graph, MMRec's
+    ``user_graph_dict.npy`` recipe: counts ``C = R Rᵀ`` without the diagonal, top-``k`` per row).
+
+    Ties in the count go to the lower row index. Rows with fewer than ``k`` co-occurring rows
+    keep all of them. Cached on disk by content hash like the kNN graphs.
+
+    Returns:
+        CSR ``[n_rows, n_rows]`` of co-occurrence counts (float32), at most ``k`` entries a row.
+    """
+    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
+    r.data[:] = 1.0
+    r.sum_duplicates()
+
+    def build():
+        c = (r @ r.T).tocsr()
+        c.setdiag(0)
+        c.eliminate_zeros()
+        c.sort_indices()
+        rows = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
+        top = np.int64(c.data.max()) + 1 if c.nnz else 1
+        # one stable sort by (row, count descending); column order breaks ties
+        order = np.argsort(rows * top + (top - 1 - c.data.astype(np.int64)), kind="stable")
+        rank = np.arange(c.nnz) - c.indptr[rows[order]]
+        keep = order[rank < k]
+        out = sp.csr_matrix((c.data[keep], (rows[keep], c.indices[keep])), shape=c.shape, dtype=np.float32)
+        out.sort_indices()
+        return out
+    if not cache:
+        return build()
+    return cached_csr("cooc", [r.indptr, r.indices, np.array([k, *r.shape])], build)
+
+
+def sample_neighbours(top: sp.csr_matrix, k: int, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``k`` neighbours per row from a top-``k`` graph (:func:`cooccurrence_topk`), with
+    softmax weights of their counts (DRAGON's per-epoch user-graph sample).
+
+    A row with fewer than ``k`` neighbours is padded with neighbours drawn uniformly from its own
+    (a drawn one counts again in the softmax); a row without neighbours gets zero weights.
+
+    Returns:
+        ``(index [n, k] int64, weight [n, k] float32)``.
+    """
+    n = top.shape[0]
+    length = torch.from_numpy(np.diff(top.indptr).astype(np.int64))       # [n]
+    start = torch.from_numpy(top.indptr[:-1].astype(np.int64))
+    slot = torch.arange(k).expand(n, k)                                    # [n, k]
+    draw = (torch.rand(n, k, generator=generator) * length[:, None].clamp_min(1)).long()
+    pos = torch.where(slot < length[:, None], slot, draw) + start[:, None]
+    empty = length == 0
+    pos[empty] = 0
+    cols = torch.from_numpy(top.indices.astype(np.int64))
+    vals = torch.from_numpy(top.data.astype(np.float32))
+    if top.nnz == 0:
+        return torch.zeros(n, k, dtype=torch.long), torch.zeros(n, k)
+    index, weight = cols[pos], torch.softmax(vals[pos], dim=1)
+    index[empty], weight[empty] = 0, 0.0
+    return index, weight
+
+
+def neighbour_matrix(index: torch.Tensor, weight: torch.Tensor, n_cols: int) -> sp.csr_matrix:
+    """CSR ``[n, n_cols]`` with ``weight[r, j]`` at ``(r, index[r, j])`` (repeated columns summed):
+    ``M @ X`` is ``Σ_j weight[r, j] X[index[r, j]]`` without the ``[n, k, d]`` gather."""
+    n, k = index.shape
+    # copies: sum_duplicates works in place and would write into the tensors' memory
+    m = sp.csr_matrix((weight.numpy().astype(np.float32, copy=True).ravel(), index.numpy().ravel().copy(),
+                       np.arange(0, n * k + 1, k)), shape=(n, n_cols))
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+def hypergraph_conv(h_items: torch.Tensor, h_users: torch.Tensor, x_items: torch.Tensor,
+                    num_layers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Message passing through ``E`` soft hyperedges (LGMRec's HGNN): items ``→`` hyperedges
+    ``Λ = H_iᵀ X``, hyperedges ``→`` items ``H_i Λ`` and users ``H_u Λ``, ``num_layers`` times.
+
+    Args:
+        h_items: item-hyperedge memberships ``[I, E]``.
+        h_users: user-hyperedge memberships ``[U, E]``.
+        x_items: item embeddings ``[I, d]``.
+
+    Returns:
+        ``(users [U, d], items [I, d])``.
+    """
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    items = x_items
+    for _ in range(num_layers):
+        edges = h_items.T @ items          # [E, d]
+        items = h_items @ edges
+    return h_users @ edges, items
+
+
+def union_max(*mats: sp.spmatrix) -> sp.csr_matrix:
+    """Element-wise maximum over the union of the matrices' stored entries: an entry stored in
+    only some of them keeps its largest stored value there (an absent entry is not a 0, so a
+    negative weight survives). SMORE's fusion item-item graph (max pooling of modality graphs)."""
+    coo = [sp.coo_matrix(m) for m in mats]
+    shape = coo[0].shape
+    rows = np.concatenate([c.row for c in coo]).astype(np.int64)
+    cols = np.concatenate([c.col for c in coo]).astype(np.int64)
+    vals = np.concatenate([c.data for c in coo]).astype(np.float32)
+    key = rows * shape[1] + cols
+    order = np.lexsort((-vals, key))                     # by entry, largest value first
+    key, vals = key[order], vals[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    out = sp.csr_matrix((vals[first], (key[first] // shape[1], key[first] % shape[1])), shape=shape)
+    out.sort_indices()
+    return out

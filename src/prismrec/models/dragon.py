@@ -1,0 +1,180 @@
+"""DRAGON (Zhou et al., ECAI 2023), as in the authors' code / MMRec."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prismrec.config import tunable
+from prismrec.graphs import (
+    SparseMatrix,
+    bipartite_adjacency,
+    cooccurrence_topk,
+    mean_aggregators,
+    modality_graph,
+    neighbour_matrix,
+    propagate,
+    sample_neighbours,
+)
+from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.freedom import modality_weights
+from prismrec.models.layers import WIDE, check_precision, dot, project_fixed, resolve_precision
+
+
+@dataclass(frozen=True)
+class DRAGONConfig(ModelConfig):
+    embedding_dim: int = 64         # per-modality representation size (the code's dim_latent)
+    hidden_mult: int = 4            # feature MLP: d_m -> hidden_mult·d -> d
+    num_ui_layers: int = 2          # heterogeneous-graph convolutions (config n_layers; fixed at 2 in the code)
+    num_mm_layers: int = 1          # item-item propagation steps (config n_mm_layers)
+    knn_k: int = 10
+    mm_image_weight: float = 0.1
+    modality_weights: tuple[float, ...] = ()   # explicit item-graph weights in modality order; () = as FREEDOM
+    user_knn_k: int = 40            # co-occurring users sampled per user each epoch (the code's k)
+    aggr_mode: str = "add"          # "add": D^-1/2 A D^-1/2 sums; "mean": neighbour means
+    reg_weight: float = tunable(1e-3, 1e-5, 1e-1, log=True, choices=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5))
+    # precision of the wide feature-MLP products (see MGCNConfig.feature_precision)
+    feature_precision: str = "auto"
+
+    def __post_init__(self):
+        for name in ("embedding_dim", "hidden_mult", "num_mm_layers", "knn_k", "user_knn_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_ui_layers < 0:
+            raise ValueError(f"num_ui_layers must be >= 0, got {self.num_ui_layers}")
+        if not 0.0 <= self.mm_image_weight <= 1.0:
+            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
+        if self.aggr_mode not in ("add", "mean"):
+            raise ValueError(f"aggr_mode must be 'add' or 'mean', got {self.aggr_mode!r}")
+        if self.reg_weight < 0:
+            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        check_precision(self, "feature_precision")
+
+
+@register
+class DRAGON(Model):
+    """Dual representations on a heterogeneous user-item graph plus homogeneous user-user and
+    item-item graphs.
+
+    `Enhancing Dyadic Relations with Homogeneous Graphs for Multimodal Recommendation
+    <https://arxiv.org/abs/2301.12097>`_
+
+    .. math::
+        x_m = \\mathrm{norm}([P_m;\\ W_{2,m}\\,\\mathrm{LeakyReLU}(W_{1,m} X_m)]), \\quad
+        r_m = \\sum_{l=0}^{L} \\hat A^l x_m
+
+        u = \\Vert_m\\, \\beta_{u,m}\\, r_{m,u}, \\quad i = \\Vert_m\\, r_{m,i}, \\quad
+        e_u = u + \\sum_{v \\in N_k(u)} \\mathrm{softmax}_v(c_{uv})\\, v, \\quad
+        e_i = i + (S^{L_m} [i])_i, \\quad S = \\sum_m w_m\\, \\mathrm{norm}(\\mathrm{kNN}_k(X_m))
+
+        \\mathcal L = -\\frac{1}{B}\\sum \\log_2 \\sigma(e_u^\\top e_{i^+} - e_u^\\top e_{i^-})
+            + \\lambda \\big(\\sum_m \\overline{P_{m,u}^2} + \\overline{\\beta^2}\\big)
+
+    ``Â`` is the normalised user-item graph (``aggr_mode``), ``P_m`` a user preference table per
+    modality, ``β`` a per-user modality weight (initialised to a softmax, as the code), ``c_uv`` the
+    number of training items users ``u`` and ``v`` share and ``N_k(u)`` ``user_knn_k`` of the user's
+    most co-occurring users (MMRec's ``user_graph_dict``: the top 200, of which the code reads the
+    first 40), drawn again each epoch: a user with fewer is padded with repeats of its own
+    neighbours. ``∥`` concatenates the modalities, so the scores are ``M·d``-dimensional.
+
+    Choices where paper and code differ, or the code is silent: the code (followed here) uses the
+    two modalities' concatenation (``construction='cat'``) and the user weights ``β`` only then;
+    with one modality there is no ``β``. The raw features are fixed: the code also builds trainable
+    copies (``from_pretrained(freeze=False)``) and projections that its forward never reads.
+    Scoring uses the current parameters (MMRec reuses the last training batch's forward). The
+    sampled user graph is kept in persistent buffers, so a loaded bundle scores as the trained model.
+
+    Shapes:
+        X_m [n_items, d_m]; P_m [n_users, d]; x_m, r_m [n_users + n_items, d]; e_u, e_i [M·d].
+    """
+
+    name = "dragon"
+    description = "DRAGON: user-user co-occurrence + modality item-item graphs beside the user-item graph"
+    Config = DRAGONConfig
+    uses_features = True
+    min_modalities = 1
+
+    def setup(self, dataset):
+        cfg, d = self.config, self.config.embedding_dim
+        if cfg.aggr_mode == "add":
+            self.adj = SparseMatrix(bipartite_adjacency(dataset.train), symmetric=True)
+        else:  # PyG mean aggregation on both sides of the bipartite graph
+            import scipy.sparse as sp
+            ui, iu = mean_aggregators(dataset.train)
+            self.adj = SparseMatrix(sp.bmat([[None, ui.scipy], [iu.scipy, None]], format="csr"), symmetric=False)
+        self.preference = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, d)))
+                                            for m in self.modalities})
+        hidden = cfg.hidden_mult * d
+        self.mlp_in = nn.ModuleDict({m: nn.Linear(dim, hidden) for m, dim in self.feature_dims().items()})
+        self.mlp_out = nn.ModuleDict({m: nn.Linear(hidden, d) for m in self.modalities})
+        if len(self.modalities) > 1:
+            beta = nn.init.xavier_normal_(torch.empty(self.n_users, len(self.modalities), 1))
+            self.user_weight = nn.Parameter(torch.softmax(beta, dim=1).squeeze(2))     # [N, M]
+        weights = modality_weights(self.modalities, cfg.mm_image_weight, cfg.modality_weights)
+        raw = {m: self.features(m).detach().numpy() for m in self.modalities}
+        self.item_graph = SparseMatrix(sum(w * modality_graph(raw[m], cfg.knn_k, weighted=False)
+                                           for m, w in zip(self.modalities, weights)), symmetric=False)
+        self.user_top = cooccurrence_topk(dataset.train, cfg.user_knn_k)
+        low = resolve_precision(cfg.feature_precision) == torch.bfloat16
+        self.bf16 = {m: low and dim >= WIDE for m, dim in self.feature_dims().items()}
+        self._bf16_cache: dict = {}
+        index, weight = sample_neighbours(self.user_top, cfg.user_knn_k)
+        self.register_buffer("user_graph_index", index)      # [N, k], persistent: bundles keep the sample
+        self.register_buffer("user_graph_weight", weight)    # [N, k]
+        self._user_graph = None
+
+    def on_epoch_start(self, epoch):
+        """A fresh user-user sample for the epoch, from torch's global RNG (MMRec's pre_epoch_processing)."""
+        index, weight = sample_neighbours(self.user_top, self.config.user_knn_k)
+        self.user_graph_index.copy_(index)
+        self.user_graph_weight.copy_(weight)
+
+    def user_graph(self):
+        """The sampled user-user graph as scipy CSR ``[N, N]`` (rebuilt when the buffers change)."""
+        key = (self.user_graph_index._version, self.user_graph_weight._version,
+               self.user_graph_index.data_ptr())
+        if self._user_graph is None or self._user_graph[0] != key:
+            self._user_graph = key, neighbour_matrix(self.user_graph_index, self.user_graph_weight, self.n_users)
+        return self._user_graph[1]
+
+    def modality_rep(self, m: str) -> torch.Tensor:
+        """``r_m = Σ_l Â^l norm([P_m; MLP(X_m)])`` ``[N + I, d]``."""
+        hidden = F.leaky_relu(project_fixed(self.features(m), self.mlp_in[m].weight, self.mlp_in[m].bias,
+                                            self._bf16_cache, m, self.bf16[m]))
+        x = F.normalize(torch.cat([self.preference[m], self.mlp_out[m](hidden)]), dim=1)
+        layers = self.config.num_ui_layers
+        return propagate(self.adj, x, layers) * (layers + 1)  # the layers' sum, not their mean
+
+    def dual_reps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u [N, M·d], i [I, M·d])`` before the homogeneous graphs."""
+        reps = [self.modality_rep(m) for m in self.modalities]
+        n = self.n_users
+        if len(reps) == 1:
+            return reps[0][:n], reps[0][n:]
+        users = torch.cat([r[:n] * self.user_weight[:, k: k + 1] for k, r in enumerate(reps)], dim=1)
+        return users, torch.cat([r[n:] for r in reps], dim=1)
+
+    def item_side(self, items: torch.Tensor) -> torch.Tensor:
+        """``e_I = i + S^{L_m} i`` ``[I, M·d]``."""
+        return items + propagate(self.item_graph, items, self.config.num_mm_layers, mean=False)
+
+    def embeddings(self):
+        users, items = self.dual_reps()
+        return users + SparseMatrix(self.user_graph(), symmetric=False) @ users, self.item_side(items)
+
+    def loss(self, batch):
+        cfg = self.config
+        users, items = self.dual_reps()
+        ids, at = torch.unique(batch.users, return_inverse=True)
+        rows = SparseMatrix(self.user_graph()[ids.numpy()], symmetric=False)  # the batch's rows of the user graph
+        e_u = (users[ids] + rows @ users)[at]                                  # [B, M·d]
+        e_i = self.item_side(items)
+        margin = dot(e_u, e_i[batch.pos_items]) - dot(e_u, e_i[batch.neg_items])
+        loss = -F.logsigmoid(margin).mean() / math.log(2.0)                    # the code's log2
+        reg = sum(self.preference[m][batch.users].pow(2).mean() for m in self.modalities)
+        if len(self.modalities) > 1:
+            reg = reg + self.user_weight.pow(2).mean()
+        return loss + cfg.reg_weight * reg
