@@ -27,7 +27,24 @@ def register(app: typer.Typer) -> None:
         music: Optional[Path] = typer.Option(None, "--music", help="also serve GET /music?video=ID&k=10 "
                                              "from a bundle written by `prismrec music train`"),
     ):
-        """Serve recommendations over HTTP: /recommend, /similar, /items, /explain, /metrics, a web page at /."""
+        """Serve recommendations over HTTP, and a web page at / (/?user=ID opens
+        a user's page; without one it shows the most popular items).
+
+        GET /recommend?user=ID&k=10: a known user's list. An unknown user is a
+        404 naming the cold-start POST; &fallback=popular answers with the most
+        popular items instead.
+
+        POST /recommend {"items": \\[12, 7], "k": 10}: a new user, by liked items.
+
+        GET /popular, /similar, /users, /history; /explain: the score's parts
+        (id + each modality).
+
+        GET /items/ID, /items?ids=1&ids=2, /image?item=ID: titles and images
+        from an items.csv/.tsv/.parquet in the dataset folder, carried into the
+        bundle by `prismrec train`.
+
+        GET /health, /metrics; admin POST /items, POST /reload; docs at /docs.
+        """
         from prismrec.cli import _setup_logging, fail
         from prismrec.errors import PrismrecError
         _setup_logging(False)
