@@ -1,19 +1,18 @@
 """LD4MRec (Zhu et al., 2023): light, one-step conditional diffusion over interaction vectors."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from scipy.sparse.linalg import svds
 from torch import nn
 
 from prismrec.config import tunable
 from prismrec.graphs import SparseMatrix
 from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.layers import betas_from_alpha_bar, timestep_embedding
 
 T_SAMPLING = ("uniform", "importance", "ema")
 T_IN = ("learned", "first", "vector")
@@ -57,14 +56,6 @@ class LD4MRecConfig(ModelConfig):
             raise ValueError("noise_scale must be in (0, 1] and noise_min in (0, 1)")
         if self.svd_k < 1:
             raise ValueError(f"svd_k must be >= 1, got {self.svd_k}")
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) steps ``t [B] -> [B, dim]``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    a = t.float()[:, None] * freqs[None]
-    return F.pad(torch.cat([torch.cos(a), torch.sin(a)], dim=1), (0, dim % 2))
 
 
 class CondBlock(nn.Module):
@@ -187,8 +178,7 @@ class LD4MRec(Model):
         t = torch.arange(c.steps, dtype=torch.float64)
         alpha_bar = 1 - c.noise_scale * (c.noise_min + t / (c.steps - 1) * (1 - c.noise_min))
         if c.schedule == "clamped":   # β_t recomputed from ᾱ, clamped, ᾱ re-accumulated (OrangeAI)
-            prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
-            alpha_bar = torch.cumprod(1 - (1 - alpha_bar / prev).clamp(1e-4, 0.9999), 0)
+            alpha_bar = torch.cumprod(1 - betas_from_alpha_bar(alpha_bar, 1e-4, 0.9999), 0)
         return alpha_bar.float()
 
     # -- conditioning ------------------------------------------------------------------------------
