@@ -33,6 +33,7 @@ def test_recbole_text_to_a_trainable_folder(tmp_path):
     r = runner.invoke(app, ["extract", "--data", str(src), "--out", str(out), "--text-encoder", "hashing", "-q"])
     assert r.exit_code == 0, r.output
     assert "11 items" in r.output and "encoded 11" in r.output and "items/s" in r.output
+    assert "per CPU-second" in r.output
     ds, orig = load_dataset(out), load_dataset(src)
     assert ds.modalities == ["text"] and ds.features["text"].shape == (11, 512)
     assert ds.item_ids.tolist() == orig.item_ids.tolist()  # feature row i is the source's item i

@@ -64,6 +64,9 @@ class ModalityResult:
     file: str | None = None
     seconds: float = 0.0
     encode_seconds: float = 0.0
+    # CPU seconds of this process (all its threads) while encoding in it: items per CPU-second stays
+    # put on a crowded machine where items/s falls (None when worker processes did the encoding)
+    encode_cpu_seconds: float | None = None
     errors: list[ItemError] = field(default_factory=list)
 
     @property
@@ -89,6 +92,8 @@ class ExtractResult:
         lines = [f"{len(self.items)} items -> {self.out}"]
         for m, r in self.modalities.items():
             rate = f", {r.items_per_s:.1f} items/s" if r.n_encoded else ""
+            if r.n_encoded and r.encode_cpu_seconds:
+                rate += f" ({r.n_encoded / r.encode_cpu_seconds:.1f} per CPU-second)"
             lines.append(f"  {m:<5} [{r.encoder}, {r.dim}-d] encoded {r.n_encoded}, cached {r.n_cached}, "
                          f"failed {r.n_failed}{f' (filled: {r.fill})' if r.n_failed and r.file else ''}"
                          f"{'' if r.file else ' -> NOT WRITTEN'} in {r.seconds:.1f}s{rate}")
@@ -204,15 +209,16 @@ def _extract_modality(table: ItemsTable, modality: str, encoder: Encoder, cache_
         if k not in cached and k not in misses:
             misses[k] = sources[i]
     dim = encoder.dim  # loads a lazy model now, so that its load time is not counted as encoding
-    t_enc = time.perf_counter()
+    t_enc, c_enc = time.perf_counter(), time.process_time()
     n_encoded, failed = _encode_misses(encoder, cache, modality, list(misses.items()), batch_size, workers,
                                        show_progress)
     enc_seconds = time.perf_counter() - t_enc
+    enc_cpu = time.process_time() - c_enc if workers <= 1 else None
     for i, k in keys.items():
         if k in failed:
             item_errors[i] = failed[k]
     res = ModalityResult(modality, encoder.name, encoder.identity(), dim, len(idx), fill=fill,
-                         encode_seconds=enc_seconds)
+                         encode_seconds=enc_seconds, encode_cpu_seconds=enc_cpu)
     res.n_encoded = sum(1 for i, k in keys.items() if k in misses and i not in item_errors)
     res.n_failed = len(item_errors)
     res.n_cached = len(idx) - res.n_encoded - res.n_failed
