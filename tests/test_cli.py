@@ -104,3 +104,124 @@ def test_demo_runs(tmp_path):
     r = invoke("demo", "--epochs", 3, "--out", tmp_path / "demo")
     assert r.exit_code == 0, r.output
     assert "vbpr" in r.output and "recall@20" in r.output
+
+
+# ---- issue 23: the first hour of a new user ----------------------------------------------------
+def test_version_and_short_help():
+    from prismrec import __version__
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"prismrec {__version__}"
+    for args in (["-h"], ["train", "-h"], ["music", "train", "-h"]):
+        r = invoke(*args)
+        assert r.exit_code == 0 and "Usage" in r.output, args
+
+
+def test_models_and_help_do_not_import_torch():
+    """`prismrec models` / `--help` must print fast: the model list is read from the source files."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom prismrec.cli import app\n"
+            "for args in (['models'], ['--help']):\n"
+            "    try:\n        app(args, prog_name='prismrec')\n    except SystemExit:\n        pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("NO-TORCH") and "vbpr" in out.stdout and "report" in out.stdout
+
+
+def test_static_model_list_matches_the_registry():
+    from prismrec.cli import _static_model_list
+    from prismrec.models import registered_models
+    assert _static_model_list() == [(n, c.uses_features, c.description) for n, c in registered_models().items()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny):
+    from prismrec.data import save_mmrec
+    root = tmp_path_factory.mktemp("cli23")
+    data = save_mmrec(tiny, root / "tiny")
+    run = root / "run"
+    r = invoke("train", "--data", data, "--model", "vbpr", "--set", "epochs=3", "--set", "batch_size=256",
+               "--set", "learning_rate=0.01", "--out", run, "--quiet")
+    assert r.exit_code == 0, r.output
+    return data, run
+
+
+def test_train_log_and_typed_config(trained):
+    from prismrec import __version__
+    _, run = trained
+    log = (run / "train.log").read_text()
+    assert f"prismrec {__version__}" in log and "# command: prismrec" in log and "epoch 2 " in log
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["epochs"] == 3 and saved["learning_rate"] == 0.01 and saved["batch_size"] == 256
+
+
+def test_evaluate_rows_are_metrics_and_json(trained):
+    _, run = trained
+    r = invoke("evaluate", run, "-k", 10, "-k", 20)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:4]] == ["metric", "valid", "test"]
+    assert any(line.startswith("| recall@20") for line in lines) and len(lines) == 2 + 10
+    r = invoke("evaluate", run, "-k", 10, "--json")
+    res = json.loads(r.output)
+    assert set(res) == {"valid", "test"} and 0 <= res["test"]["recall@10"] <= 1
+
+
+def test_recommend_all_to_a_file_and_exclude_all_seen(trained, tiny, tmp_path):
+    import pandas as pd
+    _, run = trained
+    out = tmp_path / "lists.csv"
+    r = invoke("recommend", run, "--all", "--out", out, "-k", 7, "--exclude", "all-seen")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out)
+    assert len(df) == tiny.n_users * 7 and list(df.columns) == ["user", "rank", "item", "score"]
+    seen = (tiny.train + tiny.valid + tiny.test).tocsr()
+    pairs = set(zip(df.user, df.item))
+    assert not any((u, i) in pairs for u in range(tiny.n_users) for i in seen[u].indices)
+    # scores descend within each user
+    assert (df.groupby("user").score.diff().dropna() <= 1e-6).all()
+    r = invoke("recommend", run, "--all", "--out", tmp_path / "l.jsonl", "-k", 3)
+    rows = [json.loads(x) for x in (tmp_path / "l.jsonl").read_text().splitlines()]
+    assert len(rows) == tiny.n_users and len(rows[0]["items"]) == 3
+    r = runner.invoke(app, ["recommend", str(run), "--all"])
+    assert r.exit_code == 2 and "--out" in r.output
+
+
+def test_unknown_user_error_gives_examples(trained):
+    _, run = trained
+    r = runner.invoke(app, ["recommend", str(run), "--user", "99999"])
+    assert r.exit_code == 2 and "unknown user '99999'" in r.output and "e.g. 0, 1, 2" in r.output
+    r = runner.invoke(app, ["recommend", str(run), "--user", "nobody"])
+    assert r.exit_code == 2 and "e.g. 0, 1, 2" in r.output
+
+
+def test_compare_config_and_test_labels(trained, tmp_path):
+    data, _ = trained
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 2\nbatch_size: 512\n")
+    r = invoke("compare", "--data", data, "--models", "pop,bpr", "--config", cfg, "--out", tmp_path / "cmp",
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    header = r.output.splitlines()[0]
+    assert "test recall@20" in header and "s/epoch" in header
+    assert json.loads((tmp_path / "cmp" / "bpr" / "config.json").read_text())["train_config"]["epochs"] == 2
+    assert (tmp_path / "cmp" / "bpr" / "train.log").is_file()
+    row = [c.strip() for c in r.output.splitlines()[3].split("|")[1:-1]]
+    assert len(row[2].split(".")[1]) == 2 and all(len(c.split(".")[1]) == 4 for c in row[3:])
+
+
+def test_music_info_in_the_datasets_info_style(tmp_path):
+    r = invoke("music", "synth", "--out", tmp_path / "m", "--videos", 200, "--tracks", 30)
+    assert r.exit_code == 0, r.output
+    r = invoke("music", "info", tmp_path / "m")
+    assert r.exit_code == 0 and r.output.startswith("dataset      m\n") and "videos       200" in r.output
+    assert "{" not in r.output
+
+
+def test_music_train_defaults_to_the_fast_model():
+    import inspect
+    from prismrec.tasks.music import cli as music_cli
+    assert inspect.signature(music_cli.train).parameters["model"].default.default == "dual-encoder"
+    r = invoke("music", "train", "-h")
+    assert "dual-encoder" in r.output and "s/epoch" in r.output

@@ -9,12 +9,38 @@ Python API::
     rec.save("runs/vbpr")
     rec = prismrec.Recommender.load("runs/vbpr")
     prismrec.evaluate(rec, ds, ks=(10, 20))
+
+The names below are imported on first use (PEP 562), so that ``import prismrec`` and light
+commands such as ``prismrec models`` or ``prismrec --help`` do not pay for importing torch.
 """
+from __future__ import annotations
+
+import importlib
+import typing
+
 __version__ = "0.1.0"
 
-from prismrec.api import Recommender, evaluate  # noqa: E402
-from prismrec.data import Dataset, load_dataset, make_synthetic  # noqa: E402
-from prismrec.models import registered_models  # noqa: E402
+_LAZY = {"Recommender": "prismrec.api", "evaluate": "prismrec.api", "Dataset": "prismrec.data",
+         "load_dataset": "prismrec.data", "make_synthetic": "prismrec.data",
+         "registered_models": "prismrec.models"}
 
 __all__ = ["Recommender", "evaluate", "Dataset", "load_dataset", "make_synthetic", "registered_models",
            "__version__"]
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from prismrec.api import Recommender, evaluate
+    from prismrec.data import Dataset, load_dataset, make_synthetic
+    from prismrec.models import registered_models
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prismrec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -190,10 +190,16 @@ class Recommender:
         return (ext[0], vals[0]) if single else (ext, vals)
 
     # ------------------------------------------------------------------------------------------
+    def typed_config(self) -> dict[str, Any]:
+        """The keys given to the constructor with their typed values (``"5"`` from the command
+        line becomes ``5``): what ``config.json`` records."""
+        typed = {**to_dict(self.train_config), **to_dict(self.model_config)}
+        return {k: typed.get(k, v) for k, v in self.config.items()}
+
     def save(self, path: str | Path, data_path: str | None = None) -> Path:
         """Write the bundle (safetensors + JSON) into ``path``."""
         model = self._require_fitted()
-        cfg = {"model": self.model_name, "plugins": list(self.plugins), "config": self.config,
+        cfg = {"model": self.model_name, "plugins": list(self.plugins), "config": self.typed_config(),
                "model_config": to_dict(self.model_config), "train_config": to_dict(self.train_config),
                "data_path": data_path or self.metrics.get("data_path")}
         return save_bundle(Path(path), model=model, dataset=self.dataset, config=cfg, metrics=self.metrics or None,
@@ -253,7 +259,7 @@ def _rank_with_scores(model: Model, users: np.ndarray, k: int, masks, candidates
     """Top-``k`` internal item indices ``[U, k]`` (``-1`` pads) and their scores, ranked in blocks by
     :mod:`prismrec.evaluation.ranking` (norm-pruned for dot-product models); with ``candidates``
     (internal item indices), among those items only."""
-    from prismrec.evaluation.ranking import _block_coords, _ranked_blocks
+    from prismrec.evaluation.ranking import _block_coords, _ranked_blocks, _takes_out
     ids = np.full((len(users), k), -1, dtype=np.int64)
     vals = np.full((len(users), k), -np.inf, dtype=np.float32)
     if k == 0 or len(users) == 0:
@@ -278,10 +284,14 @@ def _rank_with_scores(model: Model, users: np.ndarray, k: int, masks, candidates
             score_fn, last = model.score, None
         else:  # any other model: keep each block's masked scores to read the kept ones from
             last = {}
-
-            def score_fn(u, out=None):
-                last["scores"] = model.score(u) if out is None else model.score(u, out=out)
-                return last["scores"]
+            if _takes_out(model.score):  # ranking then reuses one score buffer
+                def score_fn(u, out=None):
+                    last["scores"] = model.score(u) if out is None else model.score(u, out=out)
+                    return last["scores"]
+            else:
+                def score_fn(u):
+                    last["scores"] = model.score(u)
+                    return last["scores"]
         for s, ub, top in _ranked_blocks(score_fn, users, k, masks, DEFAULT_BLOCK):
             ids[s:s + len(ub)] = top
             t = torch.from_numpy(np.maximum(top, 0))

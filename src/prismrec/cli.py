@@ -1,6 +1,7 @@
 """The ``prismrec`` command line: a thin layer over the Python API."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -13,9 +14,12 @@ import typer
 
 from prismrec.errors import PrismrecError
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings=HELP_OPTIONS,
                   help="prismrec: train, evaluate, explain and serve multimodal recommenders.")
-datasets_app = typer.Typer(no_args_is_help=True, help="Create and inspect datasets.")
+datasets_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS,
+                           help="Create and inspect datasets.")
 app.add_typer(datasets_app, name="datasets")
 log = logging.getLogger("prismrec")
 
@@ -65,14 +69,87 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from prismrec import __version__
+        typer.echo(f"prismrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """prismrec: train, evaluate, explain and serve multimodal recommenders."""
+
+
 # ------------------------------------------------------------------------------------------------
 @app.command()
 def models():
     """List the registered models with one-line descriptions."""
-    from prismrec.models import registered_models
-    for name, cls in registered_models().items():
-        tag = "multimodal" if cls.uses_features else "ID only"
-        typer.echo(f"{name:<12} {tag:<11} {cls.description}")
+    listing = _static_model_list()
+    if listing is None:  # a model file the static reading does not understand: import them all
+        from prismrec.models import registered_models
+        listing = [(n, c.uses_features, c.description) for n, c in registered_models().items()]
+    for name, uses_features, description in listing:
+        tag = "multimodal" if uses_features else "ID only"
+        typer.echo(f"{name:<12} {tag:<11} {description}")
+
+
+def _static_model_list() -> list[tuple[str, bool, str]] | None:
+    """``(name, uses_features, description)`` of the built-in models, read from their source files
+    without importing them (importing the models imports torch: ~1.5 s before anything prints).
+
+    Reads each ``@register``-decorated class's literal ``name``, ``description`` and
+    ``uses_features`` (inherited from a base class of the models package where not set). Returns
+    ``None`` when a file holds anything else for these (the caller then imports the registry);
+    ``tests/test_cli.py`` checks the result against the registry.
+    """
+    import ast
+    folder = Path(__file__).parent / "models"
+    classes: dict[str, tuple[list[str], dict, bool]] = {}  # class -> (bases, literal attributes, registered)
+    for f in sorted(folder.glob("*.py")):
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            return None
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            attrs = {}
+            for stmt in node.body:
+                target = (stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else
+                          stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None)
+                if isinstance(target, ast.Name) and target.id in ("name", "description", "uses_features"):
+                    try:
+                        attrs[target.id] = ast.literal_eval(stmt.value)
+                    except ValueError:
+                        return None
+            bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "?"
+                     for b in node.bases]
+            registered = any((d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "register"
+                             for d in node.decorator_list)
+            classes[node.name] = (bases, attrs, registered)
+
+    def lookup(cls: str, key: str, seen=()):
+        if cls not in classes or cls in seen:
+            return None
+        bases, attrs, _ = classes[cls]
+        if key in attrs:
+            return attrs[key]
+        for b in bases:
+            v = lookup(b, key, (*seen, cls))
+            if v is not None:
+                return v
+        return None
+    out = []
+    for cls, (_, _, registered) in classes.items():
+        if not registered:
+            continue
+        name, desc, feats = (lookup(cls, k) for k in ("name", "description", "uses_features"))
+        if not isinstance(name, str) or not isinstance(desc, str) or not isinstance(feats, (bool, type(None))):
+            return None
+        out.append((name, bool(feats), desc))
+    return sorted(out) or None
 
 
 @app.command()
@@ -84,17 +161,46 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="override a config key: --set epochs=5 (repeatable)"),
     plugin: List[str] = typer.Option([], "--plugin", help="wrap the model with a plug-in (befa, erl)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<data>-<model>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last checkpoint "
+                                "(with its settings; see --allow-config-change)"),
+    allow_config_change: List[str] = typer.Option(
+        [], "--allow-config-change", metavar="KEY[,KEY]",
+        help="with --resume: config keys meant to differ from the checkpoint's, e.g. epochs,learning_rate"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the run already in --out (its bundle, "
+                                   "checkpoint and logs are deleted first)"),
     distributed: bool = typer.Option(False, "--distributed", help="data-parallel training under torchrun"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, help="time budget: stop after "
+                                                "this many minutes, keep the best epoch (resumable)"),
 ):
-    """Train a model (early stopping on validation Recall@20) and write a bundle into the run directory."""
+    """Train a model (early stopping on the validation metric, Recall@20 by default) and write a bundle
+    into the run directory.
+
+    Ctrl-C stops at the next batch: the bundle of the best epoch so far is written (marked
+    interrupted in metrics.json) and the command to continue with --resume is printed. The run
+    directory also gets train.log: the command line, the prismrec version and one line per epoch.
+    """
     _setup_logging(False)
     values = run_guarded(_collect_config, config, set_)
-    run_guarded(_train, data, model, values, plugin, out, resume, distributed, quiet)
+    if max_minutes is not None and max_minutes <= 0:
+        raise typer.BadParameter(f"must be > 0, got {max_minutes}", param_hint="--max-minutes")
+    allowed = [k.strip() for a in allow_config_change for k in a.split(",") if k.strip()]
+    run_guarded(_train, data, model, values, plugin, out, resume, distributed, quiet, max_minutes,
+                overwrite=overwrite, allow_config_change=allowed)
 
 
-def _train(data, model, values, plugins, out, resume, distributed, quiet):
+def _resume_command() -> str:
+    """This process's command line with ``--resume`` (once), shell-quoted, to print after a stop."""
+    import shlex
+    args = list(sys.argv[1:])
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join(shlex.quote(a) for a in ["prismrec", *args])
+
+
+def _train(data, model, values, plugins, out, resume, distributed, quiet, max_minutes=None, *,
+           overwrite=False, allow_config_change=()):
+    from prismrec.api import TrainingInterrupted
     from prismrec import Recommender, load_dataset
     world = os.environ.get("WORLD_SIZE", "1")
     if not distributed and world not in ("", "1"):  # N independent runs writing one folder otherwise
@@ -108,9 +214,33 @@ def _train(data, model, values, plugins, out, resume, distributed, quiet):
     if distributed:
         from prismrec.train.distributed import DistContext
         dist = DistContext.from_env()
-    rec.fit(ds, run_dir=out, resume=resume, show_progress=not quiet, dist=dist, data_path=str(data))
+    from prismrec.train.rundir import prepare_run_dir
+    # the folder is checked (and with --overwrite cleared) before train.log is opened in it
+    prepare_run_dir(out, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
+                    is_main=dist is None or dist.rank == 0)
+    try:
+        with run_log(out, enabled=dist is None or dist.rank == 0):
+            rec.fit(ds, run_dir=out, resume=resume, show_progress=not quiet, dist=dist, data_path=str(data),
+                    max_minutes=max_minutes, allow_config_change=allow_config_change)
+    except TrainingInterrupted as e:
+        if e.run_dir is None:
+            typer.secho("interrupted before the first epoch finished: no bundle written", err=True,
+                        fg=typer.colors.YELLOW)
+        else:
+            m = e.recommender.metrics
+            typer.secho(f"interrupted after {m['epochs']} epoch(s): bundle of the best epoch so far "
+                        f"({m['best_epoch']}, valid {_valid_text(rec)}) written to {out} (marked interrupted)",
+                        err=True, fg=typer.colors.YELLOW)
+        if (out / "checkpoint.safetensors").is_file():
+            typer.secho(f"continue with: {_resume_command()}", err=True)
+        raise typer.Exit(130)
     if dist is None or dist.rank == 0:
         m = rec.metrics
+        if m.get("stop_reason") == "time_budget":
+            typer.secho(f"stopped: the --max-minutes {max_minutes:g} budget was used up after {m['epochs']} "
+                        f"epoch(s); kept best epoch {m['best_epoch']}"
+                        + (f"; continue with: {_resume_command()}" if rec.train_config.checkpoint else ""),
+                        err=True, fg=typer.colors.YELLOW)
         typer.echo(f"best epoch {m['best_epoch']} of {m['epochs']}; {m['sec_per_epoch']:.2f} s/epoch; "
                    f"bundle in {out}")
         typer.echo(format_table([{"split": s, **{k: m[s].get(k, float('nan')) for k in
@@ -127,51 +257,186 @@ def evaluate(
     data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the one the run was trained on)"),
     k: List[int] = typer.Option([5, 10, 20, 50], "-k", help="cut-offs (repeatable)"),
     mask_valid: bool = typer.Option(False, "--mask-valid", help="also mask validation items when ranking for test"),
+    as_json: bool = typer.Option(False, "--json", help="print {split: {metric@k: value}} as JSON"),
 ):
-    """Evaluate a trained bundle by masked full ranking on valid and test."""
+    """Evaluate a trained bundle by masked full ranking on valid and test: one row per metric@K,
+    one column per split."""
     _setup_logging(False)
-    run_guarded(_evaluate, run_dir, data, k, mask_valid)
+    run_guarded(_evaluate, run_dir, data, k, mask_valid, as_json)
 
 
-def _evaluate(run_dir, data, ks, mask_valid):
+def _evaluate(run_dir, data, ks, mask_valid, as_json=False):
     from prismrec import Recommender, load_dataset
     from prismrec import evaluate as ev
     rec = Recommender.load(run_dir)
     path = data or rec.bundle_config.get("data_path")
     if not path:
         fail("the bundle does not record its dataset; pass --data")
-    res = ev(rec, load_dataset(path), ks=tuple(sorted(ks)), mask_valid_in_test=mask_valid)
-    cols = [f"{m}@{kk}" for m in ("recall", "ndcg", "precision", "map", "hit") for kk in sorted(ks)]
-    typer.echo(format_table([{"split": s, **res[s]} for s in res], ["split", *cols]))
+    res = ev(rec, load_dataset(path), ks=tuple(sorted(set(ks))), mask_valid_in_test=mask_valid)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    names = [f"{m}@{kk}" for m in ("recall", "ndcg", "precision", "map", "hit") for kk in sorted(set(ks))]
+    splits = list(res)
+    typer.echo(format_table([{"metric": n, **{s: res[s].get(n, float("nan")) for s in splits}} for n in names],
+                            ["metric", *splits]))
 
 
 @app.command()
 def recommend(
     run_dir: Path = typer.Argument(..., help="run directory or bundle"),
-    user: List[str] = typer.Option(..., "--user", help="external user id (repeatable)"),
-    k: int = typer.Option(10, "-k", help="list length"),
-    include_seen: bool = typer.Option(False, "--include-seen", help="do not drop the user's training items"),
+    user: List[str] = typer.Option([], "--user", help="external user id (repeatable)"),
+    all_users: bool = typer.Option(False, "--all", help="every user of the bundle (needs --out)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the lists to FILE (.csv, .tsv or .jsonl) "
+                                       "instead of printing them"),
+    k: int = typer.Option(10, "-k", min=1, help="list length"),
+    exclude: str = typer.Option("train", "--exclude", help="items never recommended to a user: 'train' (their "
+                                "training items), 'all-seen' (also their validation and test items; reads "
+                                "the dataset, see --data) or 'none'"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset for --exclude all-seen (default: the "
+                                       "one the bundle was trained on)"),
+    include_seen: bool = typer.Option(False, "--include-seen", help="same as --exclude none"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ):
-    """Top-k items for users (external ids in and out)."""
-    run_guarded(_recommend, run_dir, user, k, include_seen, as_json)
+    """Top-k items for users (external ids in and out), or for every user into a file (--all --out)."""
+    _setup_logging(False)
+    if exclude not in ("train", "all-seen", "none"):
+        raise typer.BadParameter(f"expected train, all-seen or none, got {exclude!r}", param_hint="--exclude")
+    if all_users == bool(user):
+        fail("give --user ID (repeatable) or --all")
+    if all_users and out is None:
+        fail("--all writes every user's list to a file: add --out FILE (.csv, .tsv or .jsonl)")
+    if out is not None and out.suffix.lower() not in (".csv", ".tsv", ".jsonl"):
+        fail(f"--out {out}: expected a .csv, .tsv or .jsonl file")
+    run_guarded(_recommend, run_dir, user, all_users, out, k, "none" if include_seen else exclude, data, as_json)
 
 
-def _recommend(run_dir, users, k, include_seen, as_json):
+def _recommend(run_dir, users, all_users, out, k, exclude, data, as_json):
+    import time
+    import numpy as np
     from prismrec import Recommender
     rec = Recommender.load(run_dir)
-    users = [_as_id(u, rec.dataset.user_ids) for u in users]
-    out = []
-    for u in users:
-        ids, scores = rec.recommend(u, k=k, exclude_seen=not include_seen)
-        out.append({"user": u, "items": ids.tolist(), "scores": [round(float(s), 6) for s in scores]})
-    if as_json:
-        typer.echo(json.dumps(out if len(out) > 1 else out[0]))
+    ids = rec.dataset.user_ids
+    users = ids if all_users else [_as_id(u, ids) for u in users]
+    extra = _seen_elsewhere(rec, data) if exclude == "all-seen" else None
+    t0 = time.perf_counter()
+    items, scores = rec.recommend(np.asarray(users), k=k, exclude_seen=exclude != "none", exclude=extra)
+    if out is not None:
+        _write_lists(out, np.asarray(users), items, scores)
+        typer.echo(f"wrote top-{items.shape[1]} lists of {len(users)} users to {out} "
+                   f"({time.perf_counter() - t0:.1f} s)")
         return
-    for o in out:
+    rows = [{"user": u, "items": i.tolist(), "scores": [round(float(x), 6) for x in sc]}
+            for u, i, sc in zip(np.asarray(users).tolist(), items, scores)]
+    if as_json:
+        typer.echo(json.dumps(rows if len(rows) > 1 else rows[0]))
+        return
+    for o in rows:
         typer.echo(f"user {o['user']}:")
-        for r, (i, s) in enumerate(zip(o["items"], o["scores"]), 1):
-            typer.echo(f"  {r:>3}. item {i}  score {s:.4f}")
+        for r, (i, sc) in enumerate(zip(o["items"], o["scores"]), 1):
+            typer.echo(f"  {r:>3}. item {i}  score {sc:.4f}")
+
+
+def _seen_elsewhere(rec, data):
+    """The validation and test items of every user (CSR over the bundle's internal indices), from
+    the dataset the bundle was trained on."""
+    import numpy as np
+    from prismrec import load_dataset
+    path = data or rec.bundle_config.get("data_path")
+    if not path:
+        fail("--exclude all-seen needs the dataset's validation and test items, and the bundle does not "
+             "record its dataset: pass --data")
+    ds = load_dataset(path)
+    if not (np.array_equal(ds.user_ids.astype(str), np.asarray(rec.dataset.user_ids).astype(str))
+            and np.array_equal(ds.item_ids.astype(str), np.asarray(rec.dataset.item_ids).astype(str))):
+        fail(f"{path}: its users/items are not the ones the bundle was trained on; pass the training "
+             "dataset with --data")
+    return (ds.valid + ds.test).tocsr()
+
+
+def _write_lists(out: Path, users, items, scores) -> None:
+    """Top-k lists as rows ``user, rank, item, score`` (.csv/.tsv) or one JSON object per user
+    (.jsonl); written to a temporary file and renamed, so a failed run leaves no partial file."""
+    import numpy as np
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        if out.suffix.lower() == ".jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                for u, i, sc in zip(users.tolist(), items.tolist(), np.round(scores.astype(float), 6).tolist()):
+                    f.write(json.dumps({"user": u, "items": i, "scores": sc}) + "\n")
+        else:
+            import pandas as pd
+            k = items.shape[1]
+            pd.DataFrame({"user": np.repeat(users, k), "rank": np.tile(np.arange(1, k + 1), len(users)),
+                          "item": items.reshape(-1), "score": scores.reshape(-1)}).to_csv(
+                tmp, sep="\t" if out.suffix.lower() == ".tsv" else ",", index=False, float_format="%.6g")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _valid_text(rec) -> str:
+    metric = rec.train_config.valid_metric
+    v = (rec.metrics.get("valid") or {}).get(metric)
+    return f"{metric} {v:.4f}" if isinstance(v, float) else metric
+
+
+class _RunLogHandler(logging.FileHandler):
+    """``train.log``: opened at the first record (after the run folder was checked), and then
+    headed by the command line, the prismrec version and the time."""
+
+    def _open(self):
+        import platform
+        import time
+        from prismrec import __version__
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        stream = super()._open()
+        stream.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  prismrec {__version__}, Python "
+                     f"{platform.python_version()}, {os.cpu_count()} CPUs\n# command: {_command_line()}\n")
+        return stream
+
+
+class _RunLogFormatter(logging.Formatter):
+    """``time message``; warnings and errors name their level."""
+
+    def format(self, record):
+        record.tag = f"{record.levelname} " if record.levelno >= logging.WARNING else ""
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path | None, enabled: bool = True):
+    """Append a human-readable ``train.log`` to ``run_dir`` while the block runs: a header with the
+    command line, the prismrec version and the time, then prismrec's log lines (one per epoch)."""
+    if run_dir is None or not enabled:
+        yield
+        return
+    handler = _RunLogHandler(Path(run_dir) / "train.log", encoding="utf-8", delay=True)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(_RunLogFormatter("%(asctime)s %(tag)s%(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("prismrec")
+    level = logger.getEffectiveLevel()
+    # the epoch lines are DEBUG while a progress bar shows them: keep them in the file, and keep the
+    # terminal's handlers at the level they had
+    quiet_handlers = [h for h in logging.getLogger().handlers + logger.handlers if h.level == logging.NOTSET]
+    for h in quiet_handlers:
+        h.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        for h in quiet_handlers:
+            h.setLevel(logging.NOTSET)
+        handler.close()
+
+
+def _command_line() -> str:
+    import shlex
+    return " ".join(shlex.quote(a) for a in ["prismrec", *sys.argv[1:]])
 
 
 def _as_id(value: str, ids):
@@ -181,7 +446,8 @@ def _as_id(value: str, ids):
         try:
             return int(value)
         except ValueError:
-            fail(f"unknown user '{value}'")
+            from prismrec.api import unknown_hint
+            fail(f"unknown user '{value}'; {unknown_hint(ids, 'user')}")
     return value
 
 
@@ -190,7 +456,9 @@ def demo(
     epochs: int = typer.Option(40, help="epochs per model (early stopping may stop sooner)"),
     out: Path = typer.Option(Path("runs/demo"), help="where the demo's runs go"),
 ):
-    """Synthetic data -> train BPR, LightGCN and VBPR -> print a metrics table (about a minute)."""
+    """Synthetic data -> train BPR, LightGCN and VBPR -> print a metrics table (about a minute).
+
+    Running it again replaces the demo's own runs (<out>/pop, bpr, lightgcn, vbpr)."""
     _setup_logging(False)
     logging.getLogger("prismrec").setLevel(logging.WARNING)
     from prismrec import Recommender, make_synthetic
@@ -200,7 +468,8 @@ def demo(
                f"interactions, modalities {info['modalities']}")
     rows = []
     for name in ("pop", "bpr", "lightgcn", "vbpr"):
-        rec = Recommender(name, epochs=epochs, patience=10).fit(ds, run_dir=out / name, show_progress=True)
+        rec = Recommender(name, epochs=epochs, patience=10).fit(ds, run_dir=out / name, show_progress=True,
+                                                                overwrite=True)  # the demo's own folders
         m = rec.metrics
         rows.append({"model": name, "best_epoch": m["best_epoch"], "s/epoch": m["sec_per_epoch"],
                      **{k: m["test"][k] for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}})
@@ -213,33 +482,46 @@ def demo(
 def compare(
     data: str = typer.Option(..., "--data", help="dataset path or 'synthetic'"),
     models_: str = typer.Option(..., "--models", help="comma-separated model names, e.g. bpr,lightgcn,freedom"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of training and model keys for "
+                                          "every model"),
     set_: List[str] = typer.Option([], "--set", help="config override applied to every model"),
+    plugin: List[str] = typer.Option([], "--plugin", help="wrap every model with a plug-in (befa, erl)"),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="directory for runs and the table"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the runs already in <out>/<model>"),
 ):
-    """Train several models with the same protocol; print and write a comparison table (CSV + markdown)."""
+    """Train several models with the same protocol; print and write a comparison table (CSV + markdown)
+    of their test metrics at the best validation epoch."""
     _setup_logging(False)
-    run_guarded(_compare, data, models_, set_, out, quiet)
+    values = run_guarded(_collect_config, config, set_)
+    run_guarded(_compare, data, models_, values, out, quiet, overwrite, plugin)
 
 
-def _compare(data, models_csv, sets, out, quiet):
+COMPARE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+def _compare(data, models_csv, values, out, quiet, overwrite=False, plugins=()):
     import csv
     from prismrec import Recommender, load_dataset
-    from prismrec.config import parse_overrides
     from prismrec.bundle import write_json
     names = [m.strip() for m in models_csv.split(",") if m.strip()]
-    values = parse_overrides(sets)
-    recs = [Recommender(n, **values) for n in names]  # validate every name/key before training
+    recs = [Recommender(n, plugins=plugins, **values) for n in names]  # validate every name/key before training
+    from prismrec.train.rundir import prepare_run_dir
+    for name in names:  # and every run folder: a refusal after two models trained would waste them
+        prepare_run_dir(out / name, overwrite=overwrite)
     ds = load_dataset(data)
     rows = []
     for name, rec in zip(names, recs):
-        rec.fit(ds, run_dir=out / name, show_progress=not quiet, data_path=str(data))
+        with run_log(out / name):
+            rec.fit(ds, run_dir=out / name, show_progress=not quiet, data_path=str(data))
         m = rec.metrics
-        rows.append({"model": name, "best_epoch": m["best_epoch"], "sec_per_epoch": round(m["sec_per_epoch"], 3),
-                     **{k: round(m["test"].get(k, float("nan")), 4) for k in
-                        ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}})
-    cols = ["model", "best_epoch", "sec_per_epoch", "recall@10", "recall@20", "ndcg@10", "ndcg@20"]
-    table = format_table(rows, cols)
+        rows.append({"model": name + "".join("+" + p for p in plugins), "best_epoch": m["best_epoch"],
+                     "sec_per_epoch": round(m["sec_per_epoch"], 3),
+                     **{f"test_{k}": round(m["test"].get(k, float("nan")), 4) for k in COMPARE_METRICS}})
+    cols = ["model", "best_epoch", "sec_per_epoch", *[f"test_{k}" for k in COMPARE_METRICS]]
+    table = format_table([{"model": r["model"], "best epoch": r["best_epoch"], "s/epoch": f"{r['sec_per_epoch']:.2f}",
+                           **{f"test {k}": f"{r['test_' + k]:.4f}" for k in COMPARE_METRICS}} for r in rows],
+                         ["model", "best epoch", "s/epoch", *[f"test {k}" for k in COMPARE_METRICS]])
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(table + "\n")
     with open(out / "comparison.csv", "w", newline="") as f:
@@ -248,7 +530,8 @@ def _compare(data, models_csv, sets, out, quiet):
         w.writerows(rows)
     write_json(out / "comparison.json", rows)
     typer.echo(table)
-    typer.echo(f"written {out / 'comparison.csv'} and {out / 'comparison.md'}")
+    typer.echo(f"test metrics at each model's best validation epoch; written {out / 'comparison.csv'} and "
+               f"{out / 'comparison.md'}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,6 +586,27 @@ def datasets_synth(
     else:
         raise typer.BadParameter(f"expected 'mmrec' or 'microvideo', got {fmt!r}", param_hint="--format")
     typer.echo(f"wrote {out}: {json.dumps(ds.info())}")
+
+
+def print_info(info: dict) -> None:
+    """``key  value`` lines, the style of ``prismrec datasets info``: a nested mapping of counts is
+    one line per entry (``train  160``), one of dimensions (``*modalities``) ``name (d-d)`` lines."""
+    width = 12  # as `datasets info`; a longer key is followed by one space
+
+    def line(key, value):
+        typer.echo(f"{key:<{width}} {_fmt(value) if isinstance(value, float) else value}")
+    for key, value in info.items():
+        label = "dataset" if key == "name" else key.replace("_", " ")
+        if isinstance(value, dict) and key.endswith("modalities"):
+            for m, d in value.items():
+                line(label.removesuffix("ies") + "y", f"{m} ({d}-d)")
+            if not value:
+                line(label.removesuffix("ies") + "y", "(none)")
+        elif isinstance(value, dict):
+            for sub, n in value.items():
+                line(sub, n)
+        else:
+            line(label, value)
 
 
 @datasets_app.command("info")

