@@ -112,3 +112,70 @@ def test_renders_in_headless_chromium(report, tmp_path):
     non_white = 1 - sum(hist[245:]) / sum(hist)
     assert img.size[0] >= 1000 and non_white > 0.05, "the screenshot is blank"
     assert sum(1 for c in img.resize((64, 64)).histogram() if c) > 20, "the screenshot has no content"
+
+
+# ---- issue 23, item 4 -------------------------------------------------------------------------
+def _png_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_labels_follow_the_runs_valid_metric(tiny, tmp_path):
+    Recommender("bpr", epochs=2, batch_size=512, valid_metric="ndcg@10").fit(
+        tiny, run_dir=tmp_path / "ndcg", show_progress=False)
+    doc = build_report([tmp_path / "ndcg"], tmp_path / "r.html", attribution=False).read_text()
+    assert "valid ndcg@10" in doc and "best validation ndcg@10" in doc
+    assert "recall@20</th>" not in doc.split("test recall@10")[0]  # no validation Recall@20 column
+
+
+def test_report_of_a_compare_folder(tmp_path, mmrec_dir):
+    from prismrec.cli import app as cli_app
+    res = CliRunner().invoke(cli_app, ["compare", "--data", str(mmrec_dir), "--models", "pop,bpr", "--set",
+                                       "epochs=2", "--set", "batch_size=512", "--out", str(tmp_path / "cmp"),
+                                       "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli_app, ["report", str(tmp_path / "cmp"), "--out", str(tmp_path / "c.html"),
+                                       "--no-attribution"])
+    assert res.exit_code == 0, res.output
+    doc = (tmp_path / "c.html").read_text()
+    assert doc.count("<tr>") == 3 and "cmp/pop" in doc and "cmp/bpr" in doc  # header + the 2 runs, in order
+    assert doc.index("cmp/pop") < doc.index("cmp/bpr")
+
+
+def test_no_empty_sections(runs, tmp_path):
+    doc = build_report([runs / "bpr"], tmp_path / "r.html").read_text()
+    assert "Per-modality training signal" not in doc  # no run logs one
+    assert "Modality attribution" not in doc          # BPR has none; said in a note instead
+    assert "reads no modality features" in doc
+
+
+def test_most_popular_reference(tiny, tmp_path, mmrec_dir):
+    from prismrec import load_dataset
+    from prismrec.report import popularity_references
+    ds = load_dataset(mmrec_dir)
+    Recommender("bpr", epochs=2, batch_size=512).fit(ds, run_dir=tmp_path / "bpr", show_progress=False,
+                                                     data_path=str(mmrec_dir))
+    pop = Recommender("pop").fit(ds, show_progress=False)
+    refs = popularity_references([load_run(tmp_path / "bpr")])
+    assert refs == {"most popular": pytest.approx(pop.metrics["valid"]["recall@20"])}
+    doc = build_report([tmp_path / "bpr"], tmp_path / "r.html", attribution=False).read_text()
+    assert "most-popular baseline" in doc
+
+
+def test_one_loss_panel_per_objective():
+    from prismrec.report import plots
+    run = lambda label, obj: {"label": label, "objective": obj, "epochs": [0, 1, 2], "loss": [0.7, 0.5, 0.4],  # noqa: E731
+                              "valid": [0.1, 0.2, 0.25], "best_epoch": 2}
+    one = plots.training_curves([run("a", "bpr"), run("b", "bpr")])              # 1 loss panel + valid
+    three = plots.training_curves([run("a", "bpr"), run("b", "vbpr"), run("c", "bm3")])  # 3 + valid: 2 rows
+    assert _png_size(three)[1] > 1.5 * _png_size(one)[1]
+
+
+def test_epoch_ticks_are_integers():
+    from prismrec.report import plots
+    plt = plots._plt()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [1, 2, 3])
+    plots._integer_epochs(ax)
+    ticks = ax.get_xticks()
+    plt.close(fig)
+    assert all(float(t).is_integer() for t in ticks)

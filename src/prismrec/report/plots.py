@@ -24,31 +24,61 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def training_curves(runs: list[dict], metric: str = "recall@20") -> bytes:
-    """Loss and validation ``metric`` per epoch, one line per run; the best epoch is marked.
+def _integer_epochs(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def training_curves(runs: list[dict], metric: str = "recall@20", references: dict[str, float] | None = None) -> bytes:
+    """Loss per epoch, one panel per objective, and the validation metric per epoch of every run
+    in a last panel (the best epoch marked, ``references`` as dashed horizontal lines).
 
     Args:
-        runs: ``{"label": str, "epochs": [..], "loss": [..], "valid": [..], "best_epoch": int | None}``.
+        runs: ``{"label", "epochs", "loss", "valid", "best_epoch", "objective"}`` per run; runs with
+            the same ``objective`` (default: their label) share a loss panel.
+        metric: the validation panel's label.
+        references: ``{label: value}`` drawn across the validation panel (e.g. most popular).
     """
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for k, r in enumerate(runs):
-        c = PALETTE[k % len(PALETTE)]
-        ep = np.asarray(r["epochs"])
-        loss = np.asarray(r["loss"], dtype=float)
-        if np.isfinite(loss).any():
-            a.plot(ep, loss, color=c, label=r["label"], lw=1.6)
-        b.plot(ep, r["valid"], color=c, label=r["label"], lw=1.6)
-        if r.get("best_epoch") is not None and r["best_epoch"] in list(ep):
-            j = list(ep).index(r["best_epoch"])
+    objectives = list(dict.fromkeys(r.get("objective", r["label"]) for r in runs))
+    colour = {r["label"]: PALETTE[k % len(PALETTE)] for k, r in enumerate(runs)}
+    n = len(objectives) + 1
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols if n > 2 else 5.5 * cols, 3.5 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    for ax, obj in zip(flat, objectives):
+        group = [r for r in runs if r.get("objective", r["label"]) == obj]
+        losses = np.concatenate([np.asarray(r["loss"], dtype=float) for r in group])
+        losses = losses[np.isfinite(losses)]
+        for r in group:
+            loss = np.asarray(r["loss"], dtype=float)
+            if np.isfinite(loss).any():
+                ax.plot(r["epochs"], loss, color=colour[r["label"]], label=r["label"], lw=1.6)
+        if len(losses) and losses.min() > 0 and losses.max() / losses.min() > 20:  # several orders: log scale
+            ax.set_yscale("log")
+        if not len(losses):
+            ax.text(0.5, 0.5, "no training loss (not trained)", ha="center", va="center", transform=ax.transAxes,
+                    color="#5b6475")
+        ax.set(title=f"training loss: {obj}", xlabel="epoch", ylabel="mean loss per batch")
+        if len(group) > 1:
+            ax.legend(fontsize=8, frameon=False)
+        _integer_epochs(ax)
+    b = flat[len(objectives)]
+    for r in runs:
+        c = colour[r["label"]]
+        ep = list(r["epochs"])
+        b.plot(ep, r["valid"], color=c, label=r["label"], lw=1.6, marker="o" if len(ep) == 1 else None)
+        if r.get("best_epoch") is not None and r["best_epoch"] in ep:
+            j = ep.index(r["best_epoch"])
             b.scatter([ep[j]], [r["valid"][j]], color=c, s=40, zorder=3, edgecolor="white")
-    a.set(title="training loss", xlabel="epoch", ylabel="mean loss per batch")
-    losses = np.concatenate([np.asarray(r["loss"], dtype=float) for r in runs])
-    losses = losses[np.isfinite(losses)]
-    if len(losses) and losses.min() > 0 and losses.max() / losses.min() > 20:  # several orders: log scale
-        a.set_yscale("log")
+    for name, value in (references or {}).items():
+        b.axhline(value, color="#7f7f7f", ls="--", lw=1.2, label=f"{name} ({value:.4f})")
     b.set(title=f"validation {metric} (dot: best epoch)", xlabel="epoch", ylabel=metric)
     b.legend(loc="lower right", fontsize=8, frameon=False)
+    _integer_epochs(b)
     fig.tight_layout()
     return _png(fig)
 
@@ -60,6 +90,7 @@ def modality_signal(label: str, epochs, signals: dict[str, list[float]], name: s
     for k, (m, v) in enumerate(signals.items()):
         ax.plot(epochs, v, label=m, color=PALETTE[k % len(PALETTE)], lw=1.6)
     ax.set(title=f"{label}: {name} per modality", xlabel="epoch", ylabel=name)
+    _integer_epochs(ax)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return _png(fig)
