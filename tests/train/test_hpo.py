@@ -20,7 +20,7 @@ LR = {"learning_rate": {"low": 1e-3, "high": 5e-2, "log": True, "choices": None}
 
 def test_space_comes_from_config_metadata():
     space = {p.name: p for p in search_space("lightgcn")}
-    assert set(space) == {"num_layers", "reg_weight"}
+    assert set(space) == {"num_layers", "reg_weight", "learning_rate"}
     assert (space["num_layers"].kind, space["num_layers"].low, space["num_layers"].high) == (int, 1, 4)
     assert space["reg_weight"].log and space["reg_weight"].kind is float and space["reg_weight"].default == 1e-4
 
@@ -144,3 +144,28 @@ def test_tune_cli_prints_yaml_for_train(mmrec_dir, tmp_path):
     bad = runner.invoke(app, ["tune", "--data", str(mmrec_dir), "--model", "pop", "--trials", "1",
                               "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "no tunable" in bad.output
+
+
+def test_every_trainable_model_tunes_its_learning_rate():
+    """Issue 23 item 5: VBPR's space was reg_weight only."""
+    from prismrec.models import registered_models
+    for name, cls in registered_models().items():
+        if not cls.trainable:
+            continue
+        lr = {p.name: p for p in search_space(name)}["learning_rate"]
+        default = getattr(cls, "train_defaults", {}).get("learning_rate", 1e-3)
+        assert lr.log and lr.low <= default <= lr.high and lr.default == default, name
+    assert "learning_rate" not in {p.name for p in search_space("vbpr", fixed=("learning_rate",))}
+    custom = {p.name: p for p in search_space("vbpr", extra_space=LR)}["learning_rate"]
+    assert (custom.low, custom.high) == (1e-3, 5e-2)
+
+
+def test_tune_prints_the_space_and_each_trials_parameters(mmrec_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="prismrec.tune")
+    r = CliRunner().invoke(app, ["tune", "--data", str(mmrec_dir), "--model", "vbpr", "--trials", "2",
+                                 "--out", str(tmp_path / "t"), "--set", "epochs=1", "--set", "patience=1"])
+    assert r.exit_code == 0, r.output
+    err = caplog.text  # the CLI's stderr (the log goes to the terminal)
+    assert "search space of vbpr" in err and "learning_rate" in err and "log-uniform" in err
+    assert err.index("search space") < err.index("trial 0:")
+    assert "trial 0: " in err and "trial 1: " in err and "reg_weight=" in err

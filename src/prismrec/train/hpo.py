@@ -4,7 +4,9 @@ The search space is read from the model's config dataclass: a field declared wit
 :func:`prismrec.config.tunable` carries ``{"search": {"low", "high", "log", "choices"}}`` in its
 metadata; ``choices`` makes it categorical, otherwise an int field gets ``suggest_int`` and a float
 field ``suggest_float`` over ``[low, high]`` (log-uniform with ``log=True``). Fields without a range
-keep their value. Extra ranges (e.g. ``learning_rate``) can be passed in ``extra_space``.
+keep their value. Every trainable model's space also holds the learning rate (log-uniform over
+:data:`LEARNING_RATE_RANGE`, widened to hold the model's default), unless it is fixed in the base
+config. Extra ranges can be passed in ``extra_space``; they override these.
 
 The first trial of a new study runs the defaults, so the result says whether tuning beat them.
 Every trial trains with early stopping and reports the validation metric (Recall@20) after each
@@ -34,6 +36,9 @@ from prismrec.errors import ConfigError, PrismrecError
 log = logging.getLogger("prismrec.tune")
 STUDY_DB = "study.db"
 BEST_YAML = "best.yaml"
+# The learning rate's range in every trainable model's space: two decades around Adam's 1e-3,
+# where the published configs of the models here lie (MMRec's grids: 1e-4 .. 1e-2).
+LEARNING_RATE_RANGE = (1e-4, 1e-2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,6 +55,15 @@ class Param:
     high: Any = None
     log: bool = False
     choices: tuple | None = None
+
+    def describe(self) -> str:
+        """One line: ``name  float  log-uniform [0.0001, 0.01]  (default 0.001)``."""
+        kind = getattr(self.kind, "__name__", str(self.kind))
+        if self.choices is not None:
+            where = "one of " + ", ".join(map(str, self.choices))
+        else:
+            where = f"{'log-uniform' if self.log else 'uniform'} [{self.low:g}, {self.high:g}]"
+        return f"{self.name:<20} {kind:<6} {where}  (default {self.default!r})"
 
     def suggest(self, trial):
         if self.choices is not None:
@@ -77,14 +91,17 @@ def _param(name: str, kind, default, search: dict) -> Param:
                  tuple(choices) if choices is not None else None)
 
 
-def search_space(model: str, plugins=(), extra_space: dict[str, dict] | None = None) -> list[Param]:
-    """The tunable parameters of ``model`` (with ``plugins``) from its config field metadata.
+def search_space(model: str, plugins=(), extra_space: dict[str, dict] | None = None,
+                 fixed=()) -> list[Param]:
+    """The tunable parameters of ``model`` (with ``plugins``) from its config field metadata, plus
+    the learning rate for a trainable model.
 
     Args:
         model: registered model name.
         plugins: plug-ins wrapping it (their config fields count too).
         extra_space: more ranges, name -> ``{"low", "high", "log", "choices"}``; a name may be a
             model or a training key (``learning_rate``) and overrides the metadata range.
+        fixed: keys the caller fixes for every trial: the learning rate is not added when it is one.
 
     Raises:
         ConfigError: the model has nothing to tune, or a range is malformed / names an unknown key.
@@ -100,6 +117,11 @@ def search_space(model: str, plugins=(), extra_space: dict[str, dict] | None = N
             if config_cls is cls.Config and "search" in f.metadata:
                 space[f.name] = _param(f.name, hints[f.name], default, f.metadata["search"])
     train_defaults = getattr(cls, "train_defaults", {})
+    if cls.trainable and "learning_rate" not in fixed and "learning_rate" not in space:
+        lr = float(train_defaults.get("learning_rate", by_name["learning_rate"][1]))
+        low, high = LEARNING_RATE_RANGE
+        space["learning_rate"] = _param("learning_rate", float, lr,
+                                        {"low": min(low, lr), "high": max(high, lr), "log": True})
     for name, search in (extra_space or {}).items():
         if name not in by_name:
             raise ConfigError(f"cannot tune unknown key '{name}' of model '{model}'; "
@@ -180,6 +202,10 @@ class TuneResult:
         return head + yaml.safe_dump({k: _plain(v) for k, v in self.best_config.items()}, sort_keys=True)
 
 
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
@@ -252,7 +278,7 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = dict(base_config or {})
-    space = search_space(model, plugins, extra_space)
+    space = search_space(model, plugins, extra_space, fixed=tuple(base))
     cls = model_class_with_plugins(model, plugins)
     train_cfg, model_cfg = resolve(cls, base)  # validates the base keys before anything runs
     base = {k: getattr(model_cfg if hasattr(model_cfg, k) else train_cfg, k) for k in base}  # typed: "10" -> 10
@@ -276,8 +302,12 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
         _recover_interrupted(study, storage, space)
         log.info("resuming study %s in %s: %d trial(s) finished", name, run_dir, len(_finished(study)))
 
+    log.info("search space of %s (%d parameters; a new study starts with the defaults):\n  %s", name, len(space),
+             "\n  ".join(p.describe() for p in space))
+
     def objective(trial):
         params = {p.name: p.suggest(trial) for p in space}
+        log.info("trial %d: %s", trial.number, ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
         pruned = False
 
         def report(epoch, rec):

@@ -27,9 +27,12 @@ def register(app: typer.Typer) -> None:
         warmup: int = typer.Option(3, "--warmup", help="epochs before a trial may be pruned"),
         verbose: bool = typer.Option(False, "--verbose", help="log every epoch of every trial"),
     ):
-        """Tune a model's hyper-parameters on validation Recall@20; prints the best config as YAML.
+        """Tune a model's hyper-parameters on the validation metric (valid_metric, Recall@20 by default);
+        prints the best config as YAML.
 
-        The study is stored in SQLite inside the run directory: run the same command again to add
+        The search space is the model's tunable config fields plus the learning rate (unless fixed
+        with --set/--config); it is printed first, then each trial's parameters and result. The
+        study is stored in SQLite inside the run directory: run the same command again to add
         trials or to continue after an interruption. Feed the printed YAML (also written to
         <out>/best.yaml) to `prismrec train --config`.
         """
@@ -51,7 +54,7 @@ def _tune(data, model, trials, run_dir, timeout, values, space, plugins, seed, w
     from prismrec import load_dataset
     from prismrec.train.hpo import parse_space, search_space, tune
     extra = parse_space(space)
-    search_space(model, plugins, extra)  # fail on a bad model/space before loading data
+    search_space(model, plugins, extra, fixed=tuple(values))  # fail on a bad model/space before loading data
     ds = load_dataset(data)
     res = tune(ds, model, trials, run_dir, plugins=tuple(plugins), base_config=values, extra_space=extra,
                timeout=timeout, seed=seed, warmup_epochs=warmup)
