@@ -154,3 +154,19 @@ def test_float16_features_are_float32_and_recorded(tmp_path):
     ds = load_mmrec(folder)
     assert ds.features["image"].dtype == np.float32
     assert ds.provenance["feature_dtypes"] == {"image": "float16", "text": "float32"}
+
+
+def test_microvideo_huge_user_id(tmp_path):
+    from prismrec.data.microvideo import load_microvideo
+    folder = tmp_path / "mv"
+    folder.mkdir()
+    np.save(folder / "v_feat.npy", np.ones((4, 2), np.float32))
+    np.save(folder / "train.npy", np.array([[0, 1], [10**12, 2]], np.int64))
+    (folder / "val.json").write_text('{"0": [3]}')
+    (folder / "test.json").write_text('{"%d": [0]}' % 10**7)
+    with pytest.raises(DataError) as e:
+        load_microvideo(folder)
+    assert (e.value.line, e.value.field) == (2, "user") and "train.npy" in str(e.value)
+    np.save(folder / "train.npy", np.array([[0, 1], [1, 2]], np.int64))
+    with pytest.raises(DataError, match=r"test\.json.*field 'user'.*10,000,001 users"):
+        load_microvideo(folder)

@@ -34,7 +34,7 @@ from prismrec.data.dataset import Dataset
 from prismrec.data.io import atomic_folder
 from prismrec.data.split import per_user_split
 from prismrec.data.synthetic import synth_interactions
-from prismrec.data.validate import check_features, dedupe
+from prismrec.data.validate import check_features, check_id_bound, dedupe, id_bound
 from prismrec.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -167,6 +167,15 @@ def load_microvideo(folder: str | Path, modalities: list[str] | None = None, ite
             raise DataError(f"the {split} split is empty; every split needs at least one interaction",
                             file=str(path))
         pairs.append((path, users, items))
+    n_rows = sum(len(u) for _, u, _ in pairs)
+    bound = id_bound(n_rows)  # user ids are row indices: check them before allocating
+    for path, users, _ in pairs:
+        if path.suffix == ".npy":
+            check_id_bound(users, path, "user", header_lines=0, limit=bound)
+        elif int(users.max()) >= bound:
+            raise DataError(f"user id {int(users.max()):,} would make {int(users.max()) + 1:,} users, more than "
+                            f"max(1000, 10 x {n_rows:,} interactions) = {bound:,} (ids are 0-based row indices); "
+                            "remap the user ids to 0..n-1", file=str(path), field="user")
     n_users = int(max(u.max() for _, u, _ in pairs)) + 1
     mats = []
     for path, users, items in pairs:
