@@ -99,7 +99,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     # exact resume: 2 epochs, then resume to 3 == the 3 epochs in a row above
     shared = os.path.join(out, "shared")
     Recommender("lightgcn", **{**kw, "epochs": 2}).fit(ds, run_dir=shared, show_progress=False, dist=dist)
-    resumed = Recommender("lightgcn", **kw).fit(ds, run_dir=shared, show_progress=False, dist=dist, resume=True)
+    resumed = Recommender("lightgcn", **kw).fit(ds, run_dir=shared, show_progress=False, dist=dist, resume=True,
+                                                allow_config_change=("epochs",))  # 2 -> 3 (issue 22)
     rep["resume_equal"] = bool(rec.metrics["valid"] == resumed.metrics["valid"]
                                and all(torch.equal(a, b) for a, b in zip(rec.model.parameters(),
                                                                          resumed.model.parameters())))

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from prismrec import __version__
 from prismrec.errors import PrismrecError, UnsupportedError
@@ -88,11 +89,12 @@ def _openapi(app: FastAPI) -> dict:
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route of this path accepts (Starlette's 405 names only the first route's)."""
     methods: set[str] = set()
-    path = request.scope["path"]
-    for route in request.app.router.routes:
-        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if regex is not None and route_methods and regex.match(path):
-            methods |= set(route_methods)
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        for route in request.app.router.routes:  # (included routers answer for their own routes)
+            if route.matches(scope)[0] == Match.FULL:
+                methods |= {"GET", "HEAD"} if isinstance(route, Mount) else {method}  # static files
+                break
     return sorted(methods | {"OPTIONS"}) if methods else []
 
 

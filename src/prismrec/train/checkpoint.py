@@ -165,6 +165,7 @@ def read_state(path: Path) -> dict | None:
 def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for every setting that differs (JSON-comparable dicts
     with ``model``, ``plugins``, ``dataset``, ``train_config`` and ``model_config``)."""
+    saved = {k: v if isinstance(v, dict) or k in ("model", "plugins") else {} for k, v in saved.items()}
     diffs = []
     for key in ("model", "plugins"):
         if saved.get(key) != current.get(key):
@@ -205,6 +206,8 @@ def check_resume_config(path: Path, current: dict, allow: Iterable[str] = ()) ->
         raise ConfigError(f"--allow-config-change: unknown config key(s) {unknown}; known: {', '.join(sorted(known))}")
     state = read_state(path)
     if state is None:
+        return []
+    if not isinstance(state, dict):  # load_checkpoint says what is wrong with it
         return []
     saved = state.get("run_config")
     if not isinstance(saved, dict):

@@ -25,8 +25,9 @@ from prismrec.data.sampler import SAMPLERS
 from prismrec.errors import PrismrecError
 from prismrec.evaluation import evaluate_splits
 from prismrec.models.base import Model
-from prismrec.train.checkpoint import (flatten_optimizer, load_checkpoint, prefixed, save_checkpoint,
-                                       strip_prefix, unflatten_optimizer)
+from prismrec.train.checkpoint import (apply_hparams, checkpoint_errors, configured_hparams, flatten_optimizer,
+                                       load_checkpoint, prefixed, save_checkpoint, strip_prefix,
+                                       unflatten_optimizer)
 
 log = logging.getLogger("prismrec")
 CHECKPOINT = "checkpoint.safetensors"
@@ -119,6 +120,7 @@ class Trainer:
         self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self.dist = dist  # prismrec.train.distributed.DistContext or None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.run_config: dict | None = None  # the run's settings, recorded in each checkpoint (api.py)
         if max_seconds is not None and not max_seconds > 0:
             raise PrismrecError(f"the time budget must be > 0 seconds, got {max_seconds}")
         self.max_seconds = max_seconds
@@ -148,7 +150,8 @@ class Trainer:
         start, bad = 0, 0
         best_value = -math.inf
         if resume:
-            start, bad, best_value = self._restore(opt, sched, res)
+            with checkpoint_errors(self.run_dir / CHECKPOINT if self.run_dir is not None else None):
+                start, bad, best_value = self._restore(opt, sched, res)
             if bad > cfg.patience:  # the interrupted run had already stopped early
                 res.stopped_early, res.epochs_run = True, len(res.history)
                 res.stop_reason = "early_stopping"
@@ -340,6 +343,7 @@ class Trainer:
         if self.best_state is not None:
             tensors.update(prefixed("best", self.best_state))
         state = {"epoch": epoch, "bad": bad, "best_value": best_value, "optimizer": opt_rest,
+                 "run_config": self.run_config,
                  "scheduler": sched.state_dict(), "numpy_rng": self.rng.bit_generator.state,
                  "python_rng": list(_jsonable(random.getstate())), "history": res.history,
                  "best_epoch": res.best_epoch, "best_valid": res.best_valid, "best_test": res.best_test,
@@ -356,8 +360,10 @@ class Trainer:
             return 0, 0, -math.inf
         tensors, state = load_checkpoint(path)
         self.model.load_state_dict(strip_prefix("model", tensors))
+        configured = configured_hparams(opt, sched)
         opt.load_state_dict(unflatten_optimizer(strip_prefix("optim", tensors), state["optimizer"]))
         sched.load_state_dict(state["scheduler"])
+        apply_hparams(opt, sched, configured)  # the run uses the settings it records (issue 22)
         torch.set_rng_state(tensors["torch_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]
         ranks = state.get("numpy_rng_ranks")
