@@ -55,7 +55,7 @@ def test_keyboard_interrupt_mid_epoch_drops_it(tiny):
     def fit_with_interrupt():
         def interrupting_loss(self, batch):
             calls["n"] += 1
-            if calls["n"] == 12:  # tiny: 3000 train rows / 256 = 12 batches per epoch; stops in epoch 1
+            if calls["n"] == 12:  # tiny: 2,369 train rows / 256 = 10 batches per epoch; stops in epoch 1
                 raise KeyboardInterrupt
             return loss(self, batch)
         rec.model_cls.loss = interrupting_loss
@@ -163,3 +163,27 @@ def test_progress_bar_shows_early_stopping_not_the_epoch_cap(tiny, capsys):
     err = capsys.readouterr().err
     assert "no gain" in err and "/2" in err and "best" in err
     assert "/1000" not in err and "1000/" not in err  # no count (or ETA) towards the 1000-epoch cap
+
+
+def test_time_budget_drops_a_running_epoch(tiny):
+    """Once a best epoch exists, the budget is checked between batches: the epoch running when it
+    runs out is dropped (not finished), so the run stops within about one batch of the budget."""
+    Recommender("bpr", epochs=1).fit(tiny, show_progress=False)  # one-off imports outside the budget
+    rec = Recommender("bpr", **LONG)
+    calls = {"n": 0}
+    loss = rec.model_cls.loss
+
+    def slow_loss(self, batch):  # 10 batches per epoch: ~0.5 s
+        calls["n"] += 1
+        time.sleep(0.05)
+        return loss(self, batch)
+    rec.model_cls.loss = slow_loss
+    try:
+        rec.fit(tiny, show_progress=False, max_minutes=1.5 / 60)
+    finally:
+        rec.model_cls.loss = loss
+    n_epochs = len(rec.result.history)
+    assert rec.metrics["stop_reason"] == "time_budget" and n_epochs >= 1
+    per_epoch = -(-tiny.train.nnz // 256)
+    assert calls["n"] > per_epoch * n_epochs  # batches of a dropped epoch ran
+    assert calls["n"] < per_epoch * (n_epochs + 1)  # ... and it was not finished
