@@ -225,16 +225,14 @@ def _checkpoint_entry(path: Path) -> dict | None:
 def _commit(path: Path, stage: Path, entries: dict) -> None:
     """Make the staged bundle visible: drop the old manifest (the folder stops being a bundle),
     rename the files in, drop bundle files the new bundle lacks, rename the manifest in last."""
-    old = path / MANIFEST
-    if old.exists():
-        old.unlink()
-        _fsync(path)
+    # No fsync inside this window (it would only widen it): should a power cut reorder these
+    # renames on disk, the manifest's hashes still refuse any mix of old and new files.
+    (path / MANIFEST).unlink(missing_ok=True)
     for name in entries:
         os.replace(stage / name, path / name)
     for name in BUNDLE_FILES:
         if name not in entries:  # e.g. embeddings of a former dot-product model
             (path / name).unlink(missing_ok=True)
-    _fsync(path)
     os.replace(stage / MANIFEST, path / MANIFEST)
     _fsync(path)
 

@@ -143,3 +143,14 @@ def test_serve_refuses_a_bad_bundle_before_listening(tmp_path, vbpr_bundle, tamp
         create_app(ServeSettings(bundle=bad))
     out = CliRunner().invoke(cli_app, ["serve", str(bad), "--port", "0"])
     assert out.exit_code == 2 and "Traceback" not in out.output and "error:" in out.output, out.output
+
+
+def test_a_value_at_the_limit_is_kept_across_reload(vbpr_state, vbpr_bundle, make_client, admin_headers):
+    """Found by the fuzzing: a value equal to the schema's maximum was accepted, stored as float32
+    (rounded above the limit) and dropped on reload; the limit is a float32 number now."""
+    limit = vbpr_state.feature_limits["image"]
+    body = {"id": "edge", "features": {"image": [limit] * 24, "text": [-vbpr_state.feature_limits["text"]] * 16}}
+    with make_client(vbpr_state) as c:
+        assert c.post("/items", json=body, headers=admin_headers).status_code == 201
+        r = c.post("/reload", headers=admin_headers)
+        assert r.status_code == 200 and r.json()["items"] == 121

@@ -270,7 +270,9 @@ def feature_limits(features: dict[str, np.ndarray]) -> dict[str, float]:
     """Per modality, the largest absolute value a registered item's features may hold:
     :data:`FEATURE_RANGE` times the training features' largest (at least 1). The OpenAPI schema
     states it, so that valid-looking features are never refused for their size."""
-    return {m: float(max(FEATURE_RANGE * float(np.abs(f).max(initial=0.0)), 1.0)) for m, f in features.items()}
+    # a float32 number, so that a value equal to the limit stays within it once stored as float32
+    return {m: float(np.float32(max(FEATURE_RANGE * float(np.abs(f).max(initial=0.0)), 1.0)))
+            for m, f in features.items()}
 
 
 def check_features(features: dict, modalities: dict[str, int],
