@@ -10,8 +10,10 @@ Two kinds of trial, alternating, each one process killed with SIGKILL at a rando
   new marker (its first weight and ``metrics.json["tag"]``), and is killed after a random delay:
   the kill lands inside ``save_bundle`` almost always. The folder must then load and verify with
   matching markers (one whole bundle, old or new), or be refused with a ``BundleError``.
-* ``train``: ``prismrec train`` on a small synthetic set, killed at a random time between its
-  start and its normal end (calibrated by a first, unkilled run). The bundle must be complete or
+* ``train``: ``prismrec train`` on a small synthetic set, killed at a random moment of a random
+  epoch: once its log shows that many finished epochs (or its ``train.log`` appeared, for epoch
+  0), after a random part of an epoch's time (from a first, unkilled run); after the last epoch's
+  line the kill lands in the final bundle write. The bundle must be complete or
   refused (or absent), the checkpoint load and verify or be refused; then ``--resume`` must finish
   with exit 0, a verified bundle and a log of every epoch exactly once.
 
@@ -112,11 +114,32 @@ def kill_after(cmd: list[str], delay: float, wait_for_ready: bool = False) -> fl
         return time.perf_counter() - t0
 
 
+def kill_at_epoch(cmd: list[str], run: Path, epoch: int, extra: float, timeout: float = 900) -> float:
+    """Start ``cmd``; once ``run/log.jsonl`` has ``epoch`` lines (``run/train.log`` exists, for 0),
+    wait ``extra`` s and SIGKILL it. Returns seconds from start to kill (-1: it ended first)."""
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    log, journal = run / "log.jsonl", run / "train.log"
+    while p.poll() is None and time.perf_counter() - t0 < timeout:
+        done = len(log.read_text().splitlines()) if log.is_file() else 0
+        if (epoch == 0 and journal.is_file()) or (epoch > 0 and done >= epoch):
+            break
+        time.sleep(0.02)
+    try:
+        p.wait(timeout=extra)
+        return -1.0
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        return time.perf_counter() - t0
+
+
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=60, help="number of killed processes (half of each kind)")
     ap.add_argument("--epochs", type=int, default=6, help="epochs of each training run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2, help="trials run at once")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=str(RESULTS / "fault.json"))
     ap.add_argument("--writer", nargs=2, metavar=("PATH", "DATA"), help=argparse.SUPPRESS)
@@ -124,6 +147,8 @@ def main(argv=None) -> Path:
     if args.writer:
         writer(*args.writer)
         return Path(args.writer[0])
+    import torch
+    torch.set_num_threads(1)  # the checks; each child process has one thread too
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="prismrec-fault-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,25 +160,31 @@ def main(argv=None) -> Path:
     t0 = time.perf_counter()  # calibration: how long one unkilled run takes, and its imports
     subprocess.run([*train, "--out", str(work / "calibration")], env=ENV, check=True, capture_output=True)
     t_run = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import prismrec.cli, prismrec.api, torch"], env=ENV, check=True)
-    t_import = min(time.perf_counter() - t0, 0.8 * t_run)
+    cal = [json.loads(x) for x in (work / "calibration" / "log.jsonl").read_text().splitlines()]
+    t_epoch = sum(r["train_seconds"] + r["eval_seconds"] for r in cal) / len(cal)
     load_start = os.getloadavg()
-    trials, failures = [], 0
+    plan = []  # (kind, delay or (epoch, extra)) drawn up front: the same seed, the same trials
     for n in range(args.kills):
-        kind = "write" if n % 2 == 0 else "train"
+        if n % 2 == 0:
+            plan.append(("write", rng.uniform(0.0, 1.5)))
+        else:
+            epoch = rng.randint(0, args.epochs)
+            extra = rng.uniform(0.0, 0.3) if epoch == args.epochs else rng.uniform(0.0, 1.2 * t_epoch)
+            plan.append(("train", (epoch, extra)))
+
+    def trial_of(n: int) -> dict:
+        kind, when = plan[n]
         run = work / f"{kind}-{n}"
         trial = {"kind": kind}
         try:
             if kind == "write":
-                delay = rng.uniform(0.0, 1.5)
                 trial["killed_after_s"] = round(kill_after([sys.executable, __file__, "--writer", str(run), str(data)],
-                                                           delay, wait_for_ready=True), 3)
+                                                           when, wait_for_ready=True), 3)
                 trial["bundle"] = bundle_state(run, markers=True)
                 trial["staging_left"] = len([p for p in run.iterdir() if p.name.startswith(".bundle.")])
             else:
-                delay = t_import + rng.uniform(0.0, 1.05) * (t_run - t_import)  # mostly while it trains
-                trial["killed_after_s"] = round(kill_after([*train, "--out", str(run)], delay), 3)
+                trial["kill_epoch"], trial["kill_extra_s"] = when[0], round(when[1], 3)
+                trial["killed_after_s"] = round(kill_at_epoch([*train, "--out", str(run)], run, *when), 3)
                 trial["bundle"] = bundle_state(run)
                 trial["checkpoint"] = checkpoint_state(run)
                 r = subprocess.run([*train, "--out", str(run), "--resume"], env=ENV, capture_output=True, text=True)
@@ -168,11 +199,15 @@ def main(argv=None) -> Path:
             trial["ok"] = True
         except Exception as e:  # anything but a clean state or a clean refusal is a failure
             trial["ok"], trial["error"] = False, "".join(traceback.format_exception_only(e)).strip()[-800:]
-            failures += 1
-        trials.append(trial)
         print(n, json.dumps(trial), flush=True)
         if trial["ok"]:
             shutil.rmtree(run, ignore_errors=True)
+        return trial
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(args.jobs) as pool:  # trials are independent folders and processes
+        trials = list(pool.map(trial_of, range(args.kills)))
+    failures = sum(1 for t in trials if not t["ok"])
 
     def count(kind, key):
         out: dict = {}
@@ -190,12 +225,14 @@ def main(argv=None) -> Path:
                   "staging_folders_left_by_the_kill": sum(t.get("staging_left", 0) for t in trials)},
         "train": {"trials": sum(1 for t in trials if t["kind"] == "train"), "bundle": count("train", "bundle"),
                   "checkpoint": count("train", "checkpoint"), "after_resume": count("train", "after_resume"),
-                  "unkilled_run_seconds": round(t_run, 2), "import_seconds": round(t_import, 2)},
+                  "kill_epochs": count("train", "kill_epoch"),
+                  "unkilled_run_seconds": round(t_run, 2), "epoch_seconds": round(t_epoch, 3)},
         "load_avg": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]},
         "cpus": os.cpu_count(),
         "note": "each trial's process is SIGKILLed at a random moment; 'complete' = loads, verifies against its "
                 "manifest (and, for write trials, the weights' marker equals metrics.json's: one whole bundle); "
-                "'refused' = a BundleError; a staging folder left by a kill is removed by the next write",
+                "'refused' = a BundleError (for a train trial killed before its final write: the folder holds "
+                "no bundle yet, only log and checkpoint); a staging folder left by a kill is removed by the next write",
         "failed_trials": [t for t in trials if not t["ok"]],
     }
     dest = Path(args.out)

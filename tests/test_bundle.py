@@ -417,3 +417,14 @@ def test_save_bundle_refuses_unknown_extra_files(tmp_path, fitted):
     with pytest.raises(ValueError, match="extra bundle file"):
         save_bundle(tmp_path / "b", model=fitted.model, dataset=fitted.dataset, config={"model": "vbpr"},
                     extra_json={"../evil.json": {}})
+
+
+def test_non_finite_weights_are_not_written(tmp_path, fitted):
+    sd = {k: v.clone() for k, v in fitted.model.state_dict().items()}
+    k = next(iter(sd))
+    sd[k].view(-1)[0] = float("nan")
+    with pytest.raises(BundleError, match=f"tensor '{k}' holds NaN"):
+        save_bundle(tmp_path / "b", model=fitted.model, dataset=fitted.dataset, config={"model": "vbpr"},
+                    state_dict=sd)
+    assert not (tmp_path / "b" / MANIFEST).exists()
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".bundle.")]

@@ -187,6 +187,7 @@ def save_bundle(path: Path, *, model, dataset: Dataset, config: dict, metrics: d
 
 def _write_files(stage: Path, *, model, dataset: Dataset, config: dict, metrics, state_dict) -> None:
     sd = state_dict if state_dict is not None else model.state_dict()
+    _check_finite(Path("weights.safetensors"), sd)  # a bundle that could never load is not written
     save_pt({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(stage / "weights.safetensors"))
     save_np({m: np.ascontiguousarray(f) for m, f in dataset.features.items()} or {"_none": np.zeros(0)},
             str(stage / "features.safetensors"))
