@@ -140,6 +140,15 @@ def host_of(name: str) -> str:
     return name.split("+", 1)[0]
 
 
+def ref_key(name: str, runs: list[dict], ref: dict) -> str | None:
+    """The published row a run sits beside: its own name, or its model's for a settings variant
+    of a bare model (``vbpr.std`` -> ``vbpr``); plug-in runs have none."""
+    if name in ref:
+        return name
+    model = runs[0]["model"]
+    return model if name.startswith(model + ".") and "+" not in name and model in ref else None
+
+
 def real_main(dataset: str, folder: Path, published: dict) -> Path:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
                if p.name != "published.json" and "test" in json.loads(p.read_text())}
@@ -171,7 +180,7 @@ def real_main(dataset: str, folder: Path, published: dict) -> Path:
                   "| published N@20 | ratio | s/epoch (threads) | load |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"])
     for name, runs in groups.items():
-        key = name if name in field_ref else None
+        key = ref_key(name, runs, field_ref)
         ep, _ = mean_std([r["epochs"] for r in runs])
         be, _ = mean_std([r["best_epoch"] for r in runs])
         sec, _ = mean_std([r.get("sec_per_epoch") for r in runs])
@@ -179,13 +188,13 @@ def real_main(dataset: str, folder: Path, published: dict) -> Path:
         lines.append("| " + " | ".join([name, str(len(runs)), fmt(ep, 0), fmt(be, 0), *ref_cells(field_ref, key, runs, "field"),
                                         f"{fmt(sec, 2)} ({runs[0].get('threads', '?')})", fmt(load, 1)]) + " |")
     lines.append("")
-    if any(r.get("best_test_epoch") for r in results.values()):
+    if opt_ref and any(r.get("best_test_epoch") for r in results.values()):  # only beside papers that use it
         lines.extend([f"## DiffMM's protocol (best test epoch, optimistic); published: {opt_ref.get('source', '—')}", "",
                       "| run | seeds | best test epoch | test R@20 | published R@20 | ratio | test N@20 | published N@20 "
                       "| ratio | field's R@20 (for contrast) |",
                       "|---|---|---|---|---|---|---|---|---|---|"])
         for name, runs in groups.items():
-            key = name if name in opt_ref else None
+            key = ref_key(name, runs, opt_ref)
             bt, _ = mean_std([(r.get("best_test_epoch") or {}).get("epoch") for r in runs])
             lines.append("| " + " | ".join([name, str(len(runs)), fmt(bt, 0), *ref_cells(opt_ref, key, runs, "optimistic"),
                                             pm(protocol_values(runs, "field", "recall@20"))]) + " |")
