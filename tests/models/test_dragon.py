@@ -1,5 +1,5 @@
 """DRAGON: the fast path (user-graph rows per batch, CSR user graph, bf16 feature products) matches a
-dense transcription of the paper's equations; the user-user co-occurrence graph helpers; it learns."""
+dense reference of the paper's equations; the user-user co-occurrence graph helpers; it learns."""
 import math
 
 import numpy as np
@@ -22,8 +22,8 @@ def _batch(ds, size=64, seed=0):
 
 
 def _dense(model):
-    """Every user's and item's final representation from dense matrices and MMRec's gather form of the
-    user graph (``Σ_j w[u, j] · u_rep[index[u, j]]``)."""
+    """Every user's and item's final representation from dense matrices; the user-user graph as a weighted
+    sum over each user's sampled neighbours, ``ĥ_u = h_u + Σ_j w[u, j] · h_{index[u, j]}``."""
     n = model.n_users
     adj, s = model.adj.a.to_dense(), model.item_graph.a.to_dense()
     reps = []
@@ -42,9 +42,10 @@ def _dense(model):
 def _dense_loss(model, batch):
     users, items = _dense(model)
     u, p, ng = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-    bpr = -torch.mean(torch.log2(torch.sigmoid((u * p).sum(1) - (u * ng).sum(1))))
-    reg = sum((model.preference[m][batch.users] ** 2).mean() for m in model.modalities)
-    reg = reg + (model.user_weight ** 2).mean()
+    margin = (u * p).sum(1) - (u * ng).sum(1)
+    bpr = (torch.log1p(torch.exp(-margin)) / math.log(2.0)).mean()   # -log2 σ(margin), in bits
+    squares = [model.preference[m][batch.users].square().mean() for m in model.modalities]
+    reg = torch.stack(squares).sum() + model.user_weight.square().mean()
     return bpr + model.config.reg_weight * reg
 
 
