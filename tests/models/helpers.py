@@ -32,3 +32,31 @@ def assert_learns_and_scores(rec, dataset, *, min_drop: float = 0.0) -> None:
     with rec.model.scoring():
         s = rec.model.score(torch.tensor([0, 5, 9, 11]))
     assert s.shape == (4, dataset.n_items) and torch.isfinite(s).all()
+
+
+def check_trains_with_plugin(name: str, dataset, plugin: str, **config) -> None:
+    """``name`` wrapped by ``plugin`` trains two epochs with a falling loss and finite scores."""
+    from prismrec import Recommender
+    rec = Recommender(name, plugins=[plugin], epochs=2, batch_size=256, checkpoint=False, seed=0,
+                      **config).fit(dataset, show_progress=False)
+    losses = [h["loss"] for h in rec.result.history]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert np.isfinite(rec.score(np.arange(3))).all()
+
+
+def check_serve_round_trip(name: str, dataset, run_dir, **config) -> None:
+    """A bundle of ``name`` served over a TestClient answers ``/recommend`` with the API's list."""
+    from fastapi.testclient import TestClient
+
+    from prismrec import Recommender
+    from prismrec.serve.app import create_app
+    from prismrec.serve.settings import ServeSettings
+    from prismrec.serve.state import ServingState, StateHolder
+    rec = Recommender(name, epochs=2, batch_size=256, seed=0, **config).fit(dataset, run_dir=run_dir,
+                                                                          show_progress=False)
+    settings = ServeSettings(bundle=run_dir)
+    with TestClient(create_app(holder=StateHolder(settings, ServingState.load(settings)))) as client:
+        got = client.get("/recommend", params={"user": str(dataset.user_ids[3]), "k": 10})
+        assert got.status_code == 200
+        ids, _ = rec.recommend(dataset.user_ids[3], k=10)
+        assert [str(i) for i in got.json()["items"]] == [str(i) for i in ids]

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from prismrec import Recommender
+from tests.models.helpers import check_serve_round_trip, check_trains_with_plugin
 from prismrec.config import resolve
 from prismrec.data.sampler import PairwiseSampler
 from prismrec.errors import ConfigError
@@ -182,25 +183,8 @@ def test_tunable_ranges():
 
 @pytest.mark.parametrize("plugin", ["befa", "erl"])
 def test_trains_with_feature_plugins(tiny, plugin):
-    rec = Recommender("diffmm", plugins=[plugin], epochs=2, batch_size=256, checkpoint=False, seed=0,
-                      **({"hidden_dim": 16} if "diffmm" == "diffmm" else {})).fit(tiny, show_progress=False)
-    losses = [h["loss"] for h in rec.result.history]
-    assert np.isfinite(losses).all() and losses[-1] < losses[0]
-    assert np.isfinite(rec.score(np.arange(3))).all()
+    check_trains_with_plugin("diffmm", tiny, plugin, hidden_dim=16)
 
 
 def test_serve_round_trip(tiny, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from prismrec.serve.app import create_app
-    from prismrec.serve.settings import ServeSettings
-    from prismrec.serve.state import ServingState, StateHolder
-    rec = Recommender("diffmm", epochs=2, batch_size=256, seed=0,
-                      **({"hidden_dim": 16} if "diffmm" == "diffmm" else {})).fit(tiny, run_dir=tmp_path, show_progress=False)
-    settings = ServeSettings(bundle=tmp_path)
-    with TestClient(create_app(holder=StateHolder(settings, ServingState.load(settings)))) as client:
-        user = str(tiny.user_ids[3])
-        got = client.get("/recommend", params={"user": user, "k": 10})
-        assert got.status_code == 200
-        ids, _ = rec.recommend(tiny.user_ids[3], k=10)
-        assert [str(i) for i in got.json()["items"]] == [str(i) for i in ids]
+    check_serve_round_trip("diffmm", tiny, tmp_path, hidden_dim=16)
