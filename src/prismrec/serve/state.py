@@ -243,6 +243,11 @@ class ServingState:
             UnsupportedError: the model cannot embed unseen items.
         """
         index = self._require_index("registering items")
+        norm = getattr(self.rec.train_config, "feature_norm", "none")
+        if norm != "none":  # the model reads transformed features; raw ones would embed silently wrong
+            raise UnsupportedError(f"this bundle was trained with feature_norm={norm}: registering items from raw "
+                                   "features is not supported for it yet (train with feature_norm=none to serve "
+                                   "cold-start items)")
         if str(item_id) in self.rec.dataset.item_map or str(item_id) in self.extra_lookup:
             raise Conflict(f"item '{item_id}' already exists")
         feats = check_features(features, self.modalities, self.feature_limits)
