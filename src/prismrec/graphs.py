@@ -465,3 +465,17 @@ def svd_principal_graph(adj: sp.spmatrix, rank: int, share: float = 0.25, thresh
         return build()
     return cached_csr("svd-principal", [adj.data, adj.indices, adj.indptr,
                                         np.array([rank, share, threshold], np.float64)], build)
+
+
+def user_item_views(train: sp.spmatrix) -> tuple[SparseMatrix, SparseMatrix, sp.csr_matrix]:
+    """The normalised bipartite graph and its user→item block, shared by the models that read both.
+
+    Returns:
+        ``(A, R̂, R̂ csr)``: ``A = D^{-1/2} [0 R; Rᵀ 0] D^{-1/2}`` ``[N + I, N + I]``, its
+        ``R̂ = D_u^{-1/2} R D_i^{-1/2}`` block ``[N, I]`` as a :class:`SparseMatrix`, and the same block in
+        scipy CSR (for taking a batch's user rows).
+    """
+    adj = bipartite_adjacency(train)
+    n_users = train.shape[0]
+    r = adj[:n_users, n_users:].tocsr()
+    return SparseMatrix(adj, symmetric=True), SparseMatrix(r), r

@@ -60,3 +60,19 @@ def check_serve_round_trip(name: str, dataset, run_dir, **config) -> None:
         assert got.status_code == 200
         ids, _ = rec.recommend(dataset.user_ids[3], k=10)
         assert [str(i) for i in got.json()["items"]] == [str(i) for i in ids]
+
+
+def assert_loss_and_grads_match(model, batch, reference, *, relative_grad_atol: float | None = None) -> None:
+    """``model.loss(batch)`` and its gradients equal ``reference(model, batch)``'s (a dense version of the
+    paper's equations). With ``relative_grad_atol`` the gradient tolerance is that fraction of each
+    gradient's largest entry (float32 sums taken in another order)."""
+    fast = model.loss(batch)
+    fast.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    ref = reference(model, batch)
+    ref.backward()
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    for k, p in model.named_parameters():
+        atol = 1e-7 if relative_grad_atol is None else relative_grad_atol * p.grad.abs().max().item()
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=atol, msg=k)

@@ -13,6 +13,7 @@ from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import cooccurrence_topk, neighbour_matrix, sample_neighbours
 from prismrec.models import build_model
 from prismrec.models.dragon import DRAGONConfig
+from tests.models.helpers import assert_loss_and_grads_match
 
 F32 = DRAGONConfig(feature_precision="float32")
 
@@ -53,15 +54,7 @@ def test_loss_gradients_and_scores_match_dense_reference(tiny):
     torch.manual_seed(0)
     model = build_model("dragon", tiny, F32)
     batch = _batch(tiny)
-    fast = model.loss(batch)
-    fast.backward()
-    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    ref = _dense_loss(model, batch)
-    ref.backward()
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
-    for k, p in model.named_parameters():
-        torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-7, msg=k)
+    assert_loss_and_grads_match(model, batch, _dense_loss)
     with torch.no_grad():
         u, i = model.embeddings()
         du, di = _dense(model)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prismrec.config import tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
+from prismrec.graphs import SparseMatrix, modality_graph, propagate, user_item_views
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     TrainableTables,
@@ -97,10 +97,7 @@ class MGCN(TrainableTables, JointTable, Model):
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
         self.init_joint_table(d)
-        adj = bipartite_adjacency(dataset.train)
-        self.adj = SparseMatrix(adj, symmetric=True)
-        r = adj[: self.n_users, self.n_users:].tocsr()                      # R̂ = D_u^{-1/2} R D_i^{-1/2}
-        self.user_item, self._user_item_csr = SparseMatrix(r), r
+        self.adj, self.user_item, self._user_item_csr = user_item_views(dataset.train)  # A, R̂ (and its CSR)
         self.item_graphs = {}
         for m in self.modalities:
             raw = getattr(self, f"feat_{m}")  # the initial features (not plug-in refined): graph and table init

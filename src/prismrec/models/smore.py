@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate, union_max
+from prismrec.graphs import SparseMatrix, modality_graph, propagate, union_max, user_item_views
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     SpectralFilter,
@@ -103,10 +103,7 @@ class SMORE(TrainableTables, JointTable, Model):
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
         self.init_joint_table(d)
-        adj = bipartite_adjacency(dataset.train)
-        self.adj = SparseMatrix(adj, symmetric=True)
-        self._user_item_csr = adj[: self.n_users, self.n_users:].tocsr()            # R̂
-        self.user_item = SparseMatrix(self._user_item_csr)
+        self.adj, self.user_item, self._user_item_csr = user_item_views(dataset.train)  # A, R̂ (and its CSR)
         graphs = {m: modality_graph(getattr(self, f"feat_{m}").numpy(), cfg.knn_k, weighted=True)
                   for m in self.modalities}
         self.item_graphs = {m: SparseMatrix(g, symmetric=False) for m, g in graphs.items()}
