@@ -1,5 +1,5 @@
 """LGMRec: the fast path (one product for the projection and the hyperedge logits, the distinct-row
-contrast with its analytic backward, bf16 products) matches a dense transcription of the paper's
+contrast with its analytic backward, bf16 products) matches a dense reference of the paper's
 equations; the hypergraph helpers; it learns."""
 import numpy as np
 import pytest
@@ -22,45 +22,57 @@ def _batch(ds, size=64, seed=0):
 
 
 def _dense(model):
-    """Final embeddings and the hypergraph embeddings per modality, from dense matrices, with the
-    noise-free memberships (eval mode: no Gumbel noise, no dropout)."""
+    """Dense reference of the paper's equations, all users and items at once, with noise-free hyperedge
+    memberships (eval mode: no Gumbel noise, no dropout).
+
+    Returns ``(E, [G_m])``: ``E = E_local + α · ℓ2(Σ_m G_m)`` over the ``N + I`` rows, where
+    ``E_local = mean_l Aˡ E⁰ + Σ_m ℓ2(A^L [R̄ X_m W_m ; X_m W_m])`` (R̄: R with rows divided by the degree)
+    and the global view of modality m is ``G_m = [H_u Z ; H_i Z]`` with item memberships
+    ``H_i = softmax(X_m V_m / τ)``, user memberships ``H_u = softmax(R X_m V_m / τ)`` and hyperedge
+    embeddings ``Z = H_iᵀ E_items``.
+    """
     cfg, n = model.config, model.n_users
-    adj, r = model.adj.a.to_dense(), model.user_item.a.to_dense()
-    ego, layers = model.embedding, [model.embedding]
+    graph, ratings = model.adj.a.to_dense(), model.user_item.a.to_dense()
+    hops = [model.embedding]
     for _ in range(cfg.num_ui_layers):
-        ego = adj @ ego
-        layers.append(ego)
-    cge = torch.stack(layers, dim=1).mean(dim=1)
-    local, hyper = cge, []
+        hops.append(graph @ hops[-1])
+    e_id = sum(hops) / len(hops)                                       # [N + I, d]
+    mean_rows = ratings / (ratings.sum(dim=1, keepdim=True) + 1e-7)    # R̄
+    e_local, global_views = e_id, []
     for m in model.modalities:
-        x = model.features(m)
-        feats = x @ model.trans[m]
-        h = torch.cat([(r @ feats) / (r.sum(1, keepdim=True) + 1e-7), feats])
+        raw = model.features(m)
+        item_part = raw @ model.trans[m]
+        view = torch.vstack([mean_rows @ item_part, item_part])
         for _ in range(cfg.num_mm_layers):
-            h = adj @ h
-        local = local + F.normalize(h)
-        iv = x @ model.hyper[m]
-        uv = r @ iv
-        iv, uv = torch.softmax(iv / cfg.temperature, 1), torch.softmax(uv / cfg.temperature, 1)
-        lat = iv.T @ cge[n:]
-        hyper.append(torch.cat([uv @ lat, iv @ lat]))
-    return local + cfg.alpha * F.normalize(hyper[0] + hyper[1]), hyper
+            view = graph @ view
+        e_local = e_local + F.normalize(view, dim=1)
+        logits = raw @ model.hyper[m]                                  # [I, hyper_num]
+        member_i = torch.softmax(logits / cfg.temperature, dim=1)
+        member_u = torch.softmax(ratings @ logits / cfg.temperature, dim=1)
+        edges = member_i.T @ e_id[n:]                                  # Z [hyper_num, d]
+        global_views.append(torch.vstack([member_u @ edges, member_i @ edges]))
+    return e_local + cfg.alpha * F.normalize(sum(global_views), dim=1), global_views
 
 
 def _ssl(a, b, all_b, tau):
-    a, b, all_b = F.normalize(a), F.normalize(b), F.normalize(all_b)
-    pos = torch.exp((a * b).sum(1) / tau)
-    return -torch.log(pos / torch.exp(a @ all_b.T / tau).sum(1)).sum()
+    """Σ over rows of -log softmax: row i of ``a`` against every row of ``all_b``, the target being ``b[i]``
+    (``b`` is a selection of ``all_b``'s rows)."""
+    a, b, all_b = F.normalize(a, dim=1), F.normalize(b, dim=1), F.normalize(all_b, dim=1)
+    return (torch.logsumexp(a @ all_b.T / tau, dim=1) - (a * b).sum(dim=1) / tau).sum()
 
 
 def _dense_loss(model, batch):
+    """BPR + λ_C · InfoNCE between the first two modalities' global views (batch users against all users,
+    positive items against all items) + λ_E · (‖u‖ + ‖p‖ + ‖n‖) / B."""
     cfg, n = model.config, model.n_users
-    e, (gv, gt) = _dense(model)
-    u, p, ng = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
-    bpr = -F.logsigmoid((u * p).sum(1) - (u * ng).sum(1)).mean()
-    cl = (_ssl(gv[:n][batch.users], gt[:n][batch.users], gt[:n], cfg.temperature)
-          + _ssl(gv[n:][batch.pos_items], gt[n:][batch.pos_items], gt[n:], cfg.temperature))
-    reg = (u.norm() + p.norm() + ng.norm()) / len(batch.users)
+    e, (first, second, *_) = _dense(model)
+    u, p, q = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
+    bpr = F.softplus(-((u * p).sum(dim=1) - (u * q).sum(dim=1))).mean()
+    users_first, users_second = first[:n], second[:n]
+    items_first, items_second = first[n:], second[n:]
+    cl = (_ssl(users_first[batch.users], users_second[batch.users], users_second, cfg.temperature)
+          + _ssl(items_first[batch.pos_items], items_second[batch.pos_items], items_second, cfg.temperature))
+    reg = (u.norm() + p.norm() + q.norm()) / len(batch.users)
     return bpr + cfg.cl_weight * cl + cfg.reg_weight * reg
 
 

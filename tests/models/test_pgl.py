@@ -1,4 +1,4 @@
-"""PGL: the batch-row fast path matches a dense transcription of the equations (values and
+"""PGL: the batch-row fast path matches a dense reference of the paper's equations (values and
 gradients, contrastive term included); the two principal subgraphs; it learns; config checks;
 plug-ins and the serve round trip."""
 import numpy as np
