@@ -13,15 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+from table import fmt  # one number format for every results table
+
 HERE = Path(__file__).resolve().parent
 ORDER = ("pop", "bpr", "lightgcn", "vbpr", "freedom", "mgcn")
 PAIRS = (("vbpr", "bpr"), ("freedom", "lightgcn"), ("mgcn", "lightgcn"))
-
-
-def fmt(v, nd: int = 4) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
 def stop(r: dict) -> str:
