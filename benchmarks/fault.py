@@ -95,6 +95,17 @@ def checkpoint_state(path: Path) -> str:
     return "verified"
 
 
+def _kill_after(p: subprocess.Popen, seconds: float, t0: float) -> float:
+    """SIGKILL ``p`` unless it ends within ``seconds``; seconds from ``t0`` to the kill, or -1 if it ended first."""
+    try:
+        p.wait(timeout=seconds)
+        return -1.0
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        return time.perf_counter() - t0
+
+
 def kill_after(cmd: list[str], delay: float, wait_for_ready: bool = False) -> float:
     """Start ``cmd``, SIGKILL it ``delay`` s later (after it printed 'ready' when asked); returns the
     delay actually used (a process that ended first was not killed: returns -1)."""
@@ -104,14 +115,7 @@ def kill_after(cmd: list[str], delay: float, wait_for_ready: bool = False) -> fl
         if line.strip() != "ready":
             p.kill()
             raise RuntimeError(f"writer did not start: {line!r}")
-    t0 = time.perf_counter()
-    try:
-        p.wait(timeout=delay)
-        return -1.0
-    except subprocess.TimeoutExpired:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        return time.perf_counter() - t0
+    return _kill_after(p, delay, time.perf_counter())
 
 
 def kill_at_epoch(cmd: list[str], run: Path, epoch: int, extra: float, timeout: float = 900) -> float:
@@ -125,13 +129,7 @@ def kill_at_epoch(cmd: list[str], run: Path, epoch: int, extra: float, timeout: 
         if (epoch == 0 and journal.is_file()) or (epoch > 0 and done >= epoch):
             break
         time.sleep(0.02)
-    try:
-        p.wait(timeout=extra)
-        return -1.0
-    except subprocess.TimeoutExpired:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        return time.perf_counter() - t0
+    return _kill_after(p, extra, t0)
 
 
 def main(argv=None) -> Path:
