@@ -6,29 +6,101 @@ merged in one place (:func:`resolve`). Unknown keys and wrong types are errors n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import annotated_types as at
 import yaml
 
 from prismrec.errors import ConfigError
 
 
+# Field types that carry their valid range: a config dataclass deriving from :class:`Checked`
+# declares ``knn_k: PosInt = 10`` or ``aggr_mode: Literal["add", "mean"] = "add"`` and gets the
+# check and its error message (naming the field) without writing them out.
+PosInt = Annotated[int, at.Ge(1)]
+NonNegInt = Annotated[int, at.Ge(0)]
+PosFloat = Annotated[float, at.Gt(0)]
+NonNegFloat = Annotated[float, at.Ge(0)]
+UnitFloat = Annotated[float, at.Interval(ge=0, le=1)]      # a weight or share in [0, 1]
+Rate = Annotated[float, at.Interval(ge=0, lt=1)]           # a dropout or masking rate in [0, 1)
+
+
+def _bounds_text(c) -> str:
+    """``at.Interval(ge=0, lt=1)`` -> ``'in [0, 1)'``; ``at.Ge(1)`` -> ``'>= 1'``."""
+    lo = (f"[{c.ge}" if getattr(c, "ge", None) is not None else
+          f"({c.gt}" if getattr(c, "gt", None) is not None else None)
+    hi = (f"{c.le}]" if getattr(c, "le", None) is not None else
+          f"{c.lt})" if getattr(c, "lt", None) is not None else None)
+    if lo and hi:
+        return f"in {lo}, {hi}"
+    if lo:
+        return (">= " if lo[0] == "[" else "> ") + lo[1:]
+    return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
+
+
+def _violates(c, v) -> bool:
+    return any(bound is not None and not ok(v, bound) for bound, ok in (
+        (getattr(c, "ge", None), lambda v, b: v >= b), (getattr(c, "gt", None), lambda v, b: v > b),
+        (getattr(c, "le", None), lambda v, b: v <= b), (getattr(c, "lt", None), lambda v, b: v < b)))
+
+
+@functools.cache
+def _field_rules(cls) -> tuple:
+    """(name, bound constraints, Literal choices) of each annotated field of dataclass ``cls``."""
+    rules = []
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if name not in cls.__dataclass_fields__:
+            continue
+        bounds, choices = (), None
+        if typing.get_origin(hint) is Annotated:
+            hint, *meta = typing.get_args(hint)
+            bounds = tuple(m for m in meta if isinstance(m, (at.Ge, at.Gt, at.Le, at.Lt, at.Interval)))
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
+        if bounds or choices:
+            rules.append((name, bounds, choices))
+    return tuple(rules)
+
+
+class Checked:
+    """Mixin for config dataclasses: values are checked against their field types on construction.
+
+    Bounds come from the ``Annotated`` aliases above (``PosInt``, ``UnitFloat``, ...), choices from
+    ``Literal[...]``; a check that spans several fields goes into :meth:`validate`. A violation raises
+    :class:`~prismrec.errors.ConfigError` (a ``ValueError``) naming the field, its range and the value.
+    """
+
+    def __post_init__(self):
+        for name, bounds, choices in _field_rules(type(self)):
+            v = getattr(self, name)
+            if choices is not None and v not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {v!r}")
+            for c in bounds:
+                if _violates(c, v):
+                    raise ConfigError(f"{name} must be {_bounds_text(c)}, got {v}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks across fields (override); the per-field ranges are already checked."""
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Settings of the training loop; defaults are MMRec's (``specs/protocol.md`` §8)."""
 
-    epochs: int = 1000
-    batch_size: int = 2048
-    learning_rate: float = 1e-3
+    epochs: PosInt = 1000
+    batch_size: PosInt = 2048
+    learning_rate: PosFloat = 1e-3
     weight_decay: float = 0.0
-    patience: int = 20              # stop after this many evaluations without a new best (MMRec stopping_step)
+    patience: PosInt = 20           # stop after this many evaluations without a new best (MMRec stopping_step)
     valid_metric: str = "recall@20"
     eval_ks: tuple[int, ...] = (5, 10, 20, 50)
-    eval_batch_size: int = 128      # users per scoring block (128 was fastest on baby-like; see ranking.py)
+    eval_batch_size: PosInt = 128   # users per scoring block (128 was fastest on baby-like; see ranking.py)
     eval_test_every_epoch: bool = True  # MMRec reports test at the best-valid epoch; costs nothing extra
     mask_valid_in_test: bool = False
     seed: int = 999
@@ -36,19 +108,13 @@ class TrainConfig:
     checkpoint: bool = True         # write a checkpoint after each epoch (for --resume)
     clip_grad_norm: float = 0.0     # 0 = off
     device: str = "cpu"             # training runs on the CPU; GPU training is not implemented yet
-    feature_norm: str = "none"      # item features before Model.setup: none | l2 | standardize (data/transforms.py)
+    # item features before Model.setup (data/transforms.py)
+    feature_norm: Literal["none", "l2", "standardize"] = "none"
 
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+    def validate(self):
         if self.device != "cpu":  # refuse rather than silently train on the CPU
             raise ConfigError(f"device must be 'cpu' (GPU training is not implemented yet; scale out with "
                               f"torchrun instead), got {self.device!r}")
-        if self.feature_norm not in ("none", "l2", "standardize"):
-            raise ConfigError(f"feature_norm must be one of none, l2, standardize; got {self.feature_norm!r}")
         if "@" not in self.valid_metric:
             raise ConfigError(f"valid_metric must look like 'recall@20', got {self.valid_metric!r}")
         k = int(self.valid_metric.split("@")[1])

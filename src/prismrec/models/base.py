@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from prismrec.config import Checked
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import Batch
 from prismrec.errors import DataError, UnknownNameError, UnsupportedError
@@ -22,8 +23,13 @@ _REGISTRY: dict[str, type["Model"]] = {}
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Base class of model configs (an empty config is valid: Pop has no parameters)."""
+class ModelConfig(Checked):
+    """Base class of model configs (an empty config is valid: Pop has no parameters).
+
+    Declare ranges in the field types (``knn_k: PosInt = 10``, ``mode: Literal["a", "b"] = "a"``,
+    see :class:`prismrec.config.Checked`) and put checks across fields in ``validate``; do not
+    override ``__post_init__``.
+    """
 
 
 class Model(nn.Module):
