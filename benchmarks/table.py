@@ -28,28 +28,49 @@ def delta(a, b):
     return f"{100 * (a - b) / b:+.1f}%" if a is not None and b else "—"
 
 
+def md_table(lines: list[str], columns: list[str], rows, title: str | None = None, intro: str | None = None) -> None:
+    """Append one results table to ``lines``: ``## title`` and ``intro`` (each followed by a blank line) when
+    given, the header of ``columns``, a line per row of cells, and a closing blank line."""
+    if title:
+        lines.extend([f"## {title}", ""])
+    if intro:
+        lines.extend([intro, ""])
+    lines.extend(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)])
+    lines.extend("| " + " | ".join(cells) + " |" for cells in rows)
+    lines.append("")
+
+
+def write_readme(folder: Path, lines: list[str]) -> Path:
+    """Write ``folder/README.md``: ``lines``, then the folder's ``NOTES.md`` when there is one."""
+    notes = folder / "NOTES.md"
+    if notes.is_file():
+        lines.extend([notes.read_text().strip(), ""])
+    out = folder / "README.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
 def plugin_table(lines, results):
     """Each plug-in run beside the run of its bare host with the same settings and stopping rule."""
     rows = [(n, r) for n, r in results.items() if r.get("plugins")]
     if not rows:
         return
-    lines.extend(["## Plug-ins: with vs without", "",
-                  "Each plug-in run beside its bare host with the same settings and the same stopping rule: "
-                  "both trained to early stopping, or both for the same fixed epoch count (`-Nep`).", "",
-                  "| run | host R@20 | with R@20 | Δ | host N@20 | with N@20 | Δ | best epoch (host / with) "
-                  "| parameters (host / with) |", "|---|---|---|---|---|---|---|---|---|"])
+    cells = []
     for name, r in rows:
         suffix = name.split("-")[-1]
         fixed = suffix.endswith("ep") and suffix[:-2].isdigit()
         host = results.get(f"{r['model']}-{suffix}" if fixed else r["model"])
         h = host["test"] if host else {}
         t = r["test"]
-        lines.append("| " + " | ".join([
+        cells.append([
             name, fmt(h.get("recall@20")), fmt(t.get("recall@20")), delta(t.get("recall@20"), h.get("recall@20")),
             fmt(h.get("ndcg@20")), fmt(t.get("ndcg@20")), delta(t.get("ndcg@20"), h.get("ndcg@20")),
             f"{fmt(host['best_epoch']) if host else '—'} / {fmt(r['best_epoch'])}",
-            f"{fmt(host.get('parameters')) if host else '—'} / {fmt(r.get('parameters'))}"]) + " |")
-    lines.append("")
+            f"{fmt(host.get('parameters')) if host else '—'} / {fmt(r.get('parameters'))}"])
+    md_table(lines, ["run", "host R@20", "with R@20", "Δ", "host N@20", "with N@20", "Δ", "best epoch (host / with)",
+                     "parameters (host / with)"], cells, "Plug-ins: with vs without",
+             "Each plug-in run beside its bare host with the same settings and the same stopping rule: "
+             "both trained to early stopping, or both for the same fixed epoch count (`-Nep`).")
 
 
 def cp_table(lines, results):
@@ -59,21 +80,20 @@ def cp_table(lines, results):
     pairs = [(f, c) for f, c in pairs if f in results]
     if not pairs:
         return
-    lines.extend(["## MetaMMF: full vs CP-decomposed", "",
-                  "| full run | CP run | parameters (full / CP) | ratio | test R@20 (full / CP) | CP / full R@20 "
-                  "| test N@20 (full / CP) | best epoch (full / CP) | s/epoch (full / CP) |",
-                  "|---|---|---|---|---|---|---|---|---|"])
+    cells = []
     for f, c in pairs:
         full, cp = results[f], results[c]
         pr = full.get("parameters", 0) / max(cp.get("parameters", 1), 1)
-        lines.append(" | ".join([
-            f"| {f}", c, f"{full.get('parameters')} / {cp.get('parameters')}", f"{pr:.1f}×",
+        cells.append([
+            f, c, f"{full.get('parameters')} / {cp.get('parameters')}", f"{pr:.1f}×",
             f"{fmt(full['test'].get('recall@20'))} / {fmt(cp['test'].get('recall@20'))}",
             ratio(cp["test"].get("recall@20"), full["test"].get("recall@20")),
             f"{fmt(full['test'].get('ndcg@20'))} / {fmt(cp['test'].get('ndcg@20'))}",
             f"{full['best_epoch']} / {cp['best_epoch']}",
-            f"{fmt(full['sec_per_epoch'], 2)} / {fmt(cp['sec_per_epoch'], 2)}"]) + " |")
-    lines.append("")
+            f"{fmt(full['sec_per_epoch'], 2)} / {fmt(cp['sec_per_epoch'], 2)}"])
+    md_table(lines, ["full run", "CP run", "parameters (full / CP)", "ratio", "test R@20 (full / CP)", "CP / full R@20",
+                     "test N@20 (full / CP)", "best epoch (full / CP)", "s/epoch (full / CP)"], cells,
+             "MetaMMF: full vs CP-decomposed")
 
 
 def seed_table(lines, folder):
@@ -84,17 +104,15 @@ def seed_table(lines, folder):
     d = json.loads(path.read_text())
     seeds = [r["seed"] for r in d["runs"]]
     shown = seeds[:5]
-    lines.extend(["## MGCN after 5 epochs, per seed (test R@20 / N@20)", "",
-                  "The `mgcn-5ep` row above is one random draw (initial weights, shuffles, negatives) at MGCN's "
-                  "take-off epoch; the mean over seeds is the figure to set beside MMRec's single seed-999 run.", "",
-                  "| pipeline | " + " | ".join(f"seed {x}" for x in shown) + " | seeds | mean R@20 | mean N@20 |",
-                  "|---|" + "---|" * (len(shown) + 3)])
     by = {r["seed"]: r for r in d["runs"]}
     cells = [f"{by[x]['test_recall@20']:.4f} / {by[x]['test_ndcg@20']:.4f}" for x in shown]
     r, n = d["test_recall@20"], d["test_ndcg@20"]
-    lines.append("| prismrec | " + " | ".join(cells) + f" | {len(d['runs'])} | {r['mean']:.4f} ± {r['stdev']:.4f} | "
-                 f"{n['mean']:.4f} ± {n['stdev']:.4f} |")
-    lines.append("")
+    row = ["prismrec", *cells, str(len(d["runs"])), f"{r['mean']:.4f} ± {r['stdev']:.4f}",
+           f"{n['mean']:.4f} ± {n['stdev']:.4f}"]
+    md_table(lines, ["pipeline", *(f"seed {x}" for x in shown), "seeds", "mean R@20", "mean N@20"], [row],
+             "MGCN after 5 epochs, per seed (test R@20 / N@20)",
+             "The `mgcn-5ep` row above is one random draw (initial weights, shuffles, negatives) at MGCN's "
+             "take-off epoch; the mean over seeds is the figure to set beside MMRec's single seed-999 run.")
 
 
 # ---- real-data folders (a ``published.json`` beside the runs): seed means, both protocols ----------
@@ -175,57 +193,39 @@ def real_main(dataset: str, folder: Path, published: dict) -> Path:
             out += [pm(protocol_values(runs, protocol, metric)), fmt(r.get(metric)), ratio(m, r.get(metric))]
         return out
 
-    lines.extend([f"## Field's protocol (test at the best-valid epoch); published: {field_ref.get('source', '—')}", "",
-                  "| run | seeds | epochs | best valid epoch | test R@20 | published R@20 | ratio | test N@20 "
-                  "| published N@20 | ratio | s/epoch (threads) | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"])
-    for name, runs in groups.items():
-        key = ref_key(name, runs, field_ref)
-        ep, _ = mean_std([r["epochs"] for r in runs])
-        be, _ = mean_std([r["best_epoch"] for r in runs])
-        sec, _ = mean_std([r.get("sec_per_epoch") for r in runs])
-        load, _ = mean_std([(r.get("load_avg") or [None])[0] for r in runs])
-        lines.append("| " + " | ".join([name, str(len(runs)), fmt(ep, 0), fmt(be, 0), *ref_cells(field_ref, key, runs, "field"),
-                                        f"{fmt(sec, 2)} ({runs[0].get('threads', '?')})", fmt(load, 1)]) + " |")
-    lines.append("")
+    def mean_of(runs: list[dict], value) -> float | None:
+        return mean_std([value(r) for r in runs])[0]
+
+    published_cols = ["test R@20", "published R@20", "ratio", "test N@20", "published N@20", "ratio"]
+    rows = [[name, str(len(runs)), fmt(mean_of(runs, lambda r: r["epochs"]), 0),
+             fmt(mean_of(runs, lambda r: r["best_epoch"]), 0),
+             *ref_cells(field_ref, ref_key(name, runs, field_ref), runs, "field"),
+             f"{fmt(mean_of(runs, lambda r: r.get('sec_per_epoch')), 2)} ({runs[0].get('threads', '?')})",
+             fmt(mean_of(runs, lambda r: (r.get("load_avg") or [None])[0]), 1)] for name, runs in groups.items()]
+    md_table(lines, ["run", "seeds", "epochs", "best valid epoch", *published_cols, "s/epoch (threads)", "load"], rows,
+             f"Field's protocol (test at the best-valid epoch); published: {field_ref.get('source', '—')}")
     if opt_ref and any(r.get("best_test_epoch") for r in results.values()):  # only beside papers that use it
-        lines.extend([f"## DiffMM's protocol (best test epoch, optimistic); published: {opt_ref.get('source', '—')}", "",
-                      "| run | seeds | best test epoch | test R@20 | published R@20 | ratio | test N@20 | published N@20 "
-                      "| ratio | field's R@20 (for contrast) |",
-                      "|---|---|---|---|---|---|---|---|---|---|"])
-        for name, runs in groups.items():
-            key = ref_key(name, runs, opt_ref)
-            bt, _ = mean_std([(r.get("best_test_epoch") or {}).get("epoch") for r in runs])
-            lines.append("| " + " | ".join([name, str(len(runs)), fmt(bt, 0), *ref_cells(opt_ref, key, runs, "optimistic"),
-                                            pm(protocol_values(runs, "field", "recall@20"))]) + " |")
-        lines.append("")
+        rows = [[name, str(len(runs)), fmt(mean_of(runs, lambda r: (r.get("best_test_epoch") or {}).get("epoch")), 0),
+                 *ref_cells(opt_ref, ref_key(name, runs, opt_ref), runs, "optimistic"),
+                 pm(protocol_values(runs, "field", "recall@20"))] for name, runs in groups.items()]
+        md_table(lines, ["run", "seeds", "best test epoch", *published_cols, "field's R@20 (for contrast)"], rows,
+                 f"DiffMM's protocol (best test epoch, optimistic); published: {opt_ref.get('source', '—')}")
     pairs = [(n, host_of(n)) for n in groups if "+" in n and host_of(n) in groups]
     if pairs:
-        lines.extend(["## Plug-ins: with vs without (field's protocol; seed means)", "",
-                      "Each plug-in run beside its bare host with the same settings, seeds and stopping rule. "
-                      "Δ is the change of the seed means; set it against the hosts' seed standard deviation.", "",
-                      "| run | host | seeds (host / with) | host R@20 | with R@20 | Δ R@20 | host N@20 | with N@20 | Δ N@20 |",
-                      "|---|---|---|---|---|---|---|---|---|"])
+        rows = []
         for name, host in pairs:
-            h, w = groups[host], groups[name]
-            hr, _ = mean_std(protocol_values(h, "field", "recall@20"))
-            wr, _ = mean_std(protocol_values(w, "field", "recall@20"))
-            hn, _ = mean_std(protocol_values(h, "field", "ndcg@20"))
-            wn, _ = mean_std(protocol_values(w, "field", "ndcg@20"))
-            lines.append("| " + " | ".join([name, host, f"{len(h)} / {len(w)}",
-                                            pm(protocol_values(h, "field", "recall@20")),
-                                            pm(protocol_values(w, "field", "recall@20")), delta(wr, hr),
-                                            pm(protocol_values(h, "field", "ndcg@20")),
-                                            pm(protocol_values(w, "field", "ndcg@20")), delta(wn, hn)]) + " |")
-        lines.append("")
+            row = [name, host, f"{len(groups[host])} / {len(groups[name])}"]
+            for metric in ("recall@20", "ndcg@20"):
+                h, w = (protocol_values(groups[n], "field", metric) for n in (host, name))
+                row += [pm(h), pm(w), delta(mean_std(w)[0], mean_std(h)[0])]
+            rows.append(row)
+        md_table(lines, ["run", "host", "seeds (host / with)", "host R@20", "with R@20", "Δ R@20", "host N@20",
+                         "with N@20", "Δ N@20"], rows, "Plug-ins: with vs without (field's protocol; seed means)",
+                 "Each plug-in run beside its bare host with the same settings, seeds and stopping rule. "
+                 "Δ is the change of the seed means; set it against the hosts' seed standard deviation.")
     if published.get("others"):
         lines.extend([published["others"], ""])
-    extra = folder / "NOTES.md"
-    if extra.is_file():
-        lines.extend([extra.read_text().strip(), ""])
-    out = folder / "README.md"
-    out.write_text("\n".join(lines))
-    return out
+    return write_readme(folder, lines)
 
 
 def main(dataset: str = "baby-like") -> Path:
@@ -246,10 +246,7 @@ def main(dataset: str = "baby-like") -> Path:
     def section(title, rows, ref_key):
         if not rows:
             return
-        lines.extend([f"## {title}", "",
-                      "| run | epochs | best epoch | test R@20 | MMRec R@20 | ratio | test N@20 | MMRec N@20 | ratio "
-                      "| s/epoch (threads) | CPU s/epoch | MMRec s/epoch (best) | target | eval s | peak RSS MB | load |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"])
+        cells = []
         for name, r in rows:
             model = r["model"]
             ref = peers.get(ref_key, {}).get(model, {}) if not r.get("plugins") else {}
@@ -259,15 +256,17 @@ def main(dataset: str = "baby-like") -> Path:
             mm_best = min([v for v in (sp.get("sec_per_epoch_1t"), sp.get("sec_per_epoch_2t")) if v] or [None]) \
                 if sp else None
             t = r["test"]
-            lines.append("| " + " | ".join([
+            cells.append([
                 name, fmt(r["epochs"]), fmt(r["best_epoch"]), fmt(t.get("recall@20")), fmt(ref.get("recall@20")),
                 ratio(t.get("recall@20"), ref.get("recall@20")), fmt(t.get("ndcg@20")), fmt(ref.get("ndcg@20")),
                 ratio(t.get("ndcg@20"), ref.get("ndcg@20")),
                 f"{fmt(r['sec_per_epoch'], 2)} ({r.get('threads', '?')})", fmt(r.get("cpu_sec_per_epoch"), 2),
                 fmt(mm_best, 1),
                 fmt(sp.get("target_sec_per_epoch"), 1), fmt(r.get("eval_seconds"), 3), fmt(r.get("peak_rss_mb"), 0),
-                fmt((r.get("load_avg") or [None])[0], 1)]) + " |")
-        lines.append("")
+                fmt((r.get("load_avg") or [None])[0], 1)])
+        md_table(lines, ["run", "epochs", "best epoch", "test R@20", "MMRec R@20", "ratio", "test N@20", "MMRec N@20",
+                         "ratio", "s/epoch (threads)", "CPU s/epoch", "MMRec s/epoch (best)", "target", "eval s",
+                         "peak RSS MB", "load"], cells, title)
 
     fixed = [(n, r) for n, r in results.items() if "ep" in n.split("-")[-1] and n.split("-")[-1][:-2].isdigit()]
     conv = [(n, r) for n, r in results.items() if (n, r) not in fixed and "ddp" not in n]
@@ -282,12 +281,8 @@ def main(dataset: str = "baby-like") -> Path:
     if pop:
         lines.append(f"Most-popular baseline (MMRec/Cornac): R@20 {pop['recall@20']}, N@20 {pop['ndcg@20']}. "
                      f"Evaluation target: one full ranking of all users in ≤ {peers.get('eval_target_seconds')} s.")
-    extra = folder / "NOTES.md"
-    if extra.is_file():
-        lines.extend(["", extra.read_text().strip()])
-    out = folder / "README.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    lines.append("")  # a blank line before the notes, and the file's closing newline
+    return write_readme(folder, lines)
 
 
 if __name__ == "__main__":

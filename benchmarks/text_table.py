@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from table import fmt  # one number format for every results table
+from table import fmt, md_table, write_readme  # one number format and one table renderer for every README
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("pop", "bpr", "lightgcn", "vbpr", "freedom", "mgcn")
@@ -40,38 +40,31 @@ def main(dataset: str) -> Path:
              "defaults, trained to early stopping (patience 20 on valid Recall@20) or to the epoch cap its command set "
              "(`stop` column: `early`, or `cap N` when the run was still within patience at the cap); test metrics "
              "at the best-valid epoch. `load` is the 1-minute load average at the start of the run (2 cores): the seconds are not "
-             "speed claims.", "",
-             "| model | uses text | epochs | stop | best epoch | valid R@20 | valid N@20 | test R@20 | test N@20 "
-             "| test R@20 / most popular | s/epoch | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "speed claims.", ""]
+    rows = []
     for n in names:
         r = runs[n]
         text = "yes" if r.get("model_config", {}).get("modalities") or n in ("vbpr", "freedom", "mgcn") else "no"
         rel = (f"{r['test']['recall@20'] / pop['recall@20']:.2f}×" if pop.get("recall@20") else "—")
-        lines.append("| " + " | ".join([
+        rows.append([
             n, text if n != "pop" else "no", fmt(r.get("epochs")), stop(r), fmt(r.get("best_epoch")),
             fmt(r["valid"].get("recall@20")), fmt(r["valid"].get("ndcg@20")),
             fmt(r["test"].get("recall@20")), fmt(r["test"].get("ndcg@20")), rel,
-            fmt(r.get("sec_per_epoch"), 2), fmt((r.get("load_avg") or [None])[0], 1)]) + " |")
-    lines.append("")
+            fmt(r.get("sec_per_epoch"), 2), fmt((r.get("load_avg") or [None])[0], 1)])
+    md_table(lines, ["model", "uses text", "epochs", "stop", "best epoch", "valid R@20", "valid N@20", "test R@20",
+                     "test N@20", "test R@20 / most popular", "s/epoch", "load"], rows)
     pairs = [(a, b) for a, b in PAIRS if a in runs and b in runs]
     if pairs:
-        lines.extend(["## Does the text help? (test, best-valid epoch)", "",
-                      "| with text | without | R@20 with / without | Δ R@20 | N@20 with / without | Δ N@20 |",
-                      "|---|---|---|---|---|---|"])
+        rows = []
         for a, b in pairs:
             ta, tb = runs[a]["test"], runs[b]["test"]
             cells = []
             for k in ("recall@20", "ndcg@20"):
                 cells += [f"{ta[k]:.4f} / {tb[k]:.4f}", f"{100 * (ta[k] - tb[k]) / tb[k]:+.1f}%"]
-            lines.append("| " + " | ".join([a, b, *cells]) + " |")
-        lines.append("")
-    notes = folder / "NOTES.md"
-    if notes.is_file():
-        lines.extend([notes.read_text().strip(), ""])
-    out = folder / "README.md"
-    out.write_text("\n".join(lines))
-    return out
+            rows.append([a, b, *cells])
+        md_table(lines, ["with text", "without", "R@20 with / without", "Δ R@20", "N@20 with / without", "Δ N@20"],
+                 rows, "Does the text help? (test, best-valid epoch)")
+    return write_readme(folder, lines)
 
 
 if __name__ == "__main__":
