@@ -10,6 +10,7 @@ from prismrec.data import load_dataset, load_generic, load_mmrec
 from prismrec.data.validate import id_bound
 from prismrec.errors import DataError
 from tests.conftest import small_mmrec, write_inter
+from tests.data.helpers import expect_data_error
 
 
 # Issue 22: an empty .inter gave pandas' EmptyDataError traceback
@@ -130,22 +131,14 @@ def test_generic_large_numeric_ids_are_labels(tmp_path):
     assert ds.n_items == 5 and ds.item_ids.tolist() == [7, *(10**12 + k for k in range(4))]
 
 
-def test_generic_numeric_ids_beyond_the_npy_rows(tmp_path):
-    pd.DataFrame({"user": [1, 1, 1], "item": [0, 1, 9], "timestamp": [1, 2, 3]}).to_csv(
+# numeric ids beyond the .npy rows; string ids, which a .npy (rows by position) cannot place without items.json
+@pytest.mark.parametrize("items, says", [([0, 1, 9], "image_feat.npy has 4 rows"), (["0", "1", "b"], "items.json")],
+                         ids=["numeric-ids-beyond-the-npy-rows", "string-ids-with-npy-need-items-json"])
+def test_generic_item_ids_the_npy_rows_cannot_hold(tmp_path, items, says):
+    pd.DataFrame({"user": [1, 1, 1], "item": items, "timestamp": [1, 2, 3]}).to_csv(
         tmp_path / "interactions.csv", index=False)
     np.save(tmp_path / "image_feat.npy", np.ones((4, 2), np.float32))
-    with pytest.raises(DataError) as e:
-        load_generic(tmp_path)
-    assert (e.value.line, e.value.field) == (4, "item") and "image_feat.npy has 4 rows" in str(e.value)
-
-
-def test_generic_string_ids_with_npy_need_items_json(tmp_path):
-    pd.DataFrame({"user": [1, 1, 1], "item": ["0", "1", "b"], "timestamp": [1, 2, 3]}).to_csv(
-        tmp_path / "interactions.csv", index=False)
-    np.save(tmp_path / "image_feat.npy", np.ones((4, 2), np.float32))
-    with pytest.raises(DataError) as e:
-        load_generic(tmp_path)
-    assert (e.value.line, e.value.field) == (4, "item") and "items.json" in str(e.value)
+    expect_data_error(load_generic, tmp_path, line=4, field="item", contains=[says])
 
 
 def test_float16_features_are_float32_and_recorded(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from prismrec.data import load_dataset
 from prismrec.data.microvideo import is_microvideo, load_microvideo, make_microvideo, save_microvideo
 from prismrec.errors import DataError
+from tests.data.helpers import expect_data_error
 
 
 def write_folder(folder, n_users=4, n_items=6, fmt="npy", dims={"v": 3, "a": 2, "t": 4}):
@@ -36,11 +37,7 @@ def write_folder(folder, n_users=4, n_items=6, fmt="npy", dims={"v": 3, "a": 2, 
 
 
 def expect(folder, match, **fields):
-    with pytest.raises(DataError, match=match) as e:
-        load_microvideo(folder)
-    for k, v in fields.items():
-        assert getattr(e.value, k) == v, (k, getattr(e.value, k), str(e.value))
-    return e.value
+    return expect_data_error(load_microvideo, folder, match=match, **fields)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "json"])
@@ -151,40 +148,18 @@ def test_item_out_of_range(tmp_path):
     expect(folder, r"id in \[0, 6\)", line=6, field="item")
 
 
-def test_json_syntax(tmp_path):
+@pytest.mark.parametrize("split, text, match, fields", [
+    ("val", '{\n "0": [1,\n}', "not valid JSON", {"line": 3}),
+    ("train", "[[0, 1]]", "expected an object", {}),
+    ("train", '{"alice": [1]}', "integer user id as key, got 'alice'", {"field": "user"}),
+    ("train", '{"0": 1}', "list of item ids for user '0'", {"field": "item"}),
+    ("train", '{"0": [1, "x"]}', "position 1 of user '0'", {"field": "item"}),
+    ("test", '{"0": [1], "2": [9]}', r"got 9 \(user 2\)", {"field": "item"}),
+], ids=["syntax", "not-object", "bad-user-key", "value-not-list", "bad-item", "item-out-of-range"])
+def test_json_bad_split(tmp_path, split, text, match, fields):
     folder = write_folder(tmp_path / "mv", fmt="json")
-    (folder / "val.json").write_text('{\n "0": [1,\n}')
-    expect(folder, "not valid JSON", line=3)
-
-
-def test_json_not_object(tmp_path):
-    folder = write_folder(tmp_path / "mv", fmt="json")
-    (folder / "train.json").write_text("[[0, 1]]")
-    expect(folder, "expected an object")
-
-
-def test_json_bad_user_key(tmp_path):
-    folder = write_folder(tmp_path / "mv", fmt="json")
-    (folder / "train.json").write_text('{"alice": [1]}')
-    expect(folder, "integer user id as key, got 'alice'", field="user")
-
-
-def test_json_value_not_list(tmp_path):
-    folder = write_folder(tmp_path / "mv", fmt="json")
-    (folder / "train.json").write_text('{"0": 1}')
-    expect(folder, "list of item ids for user '0'", field="item")
-
-
-def test_json_bad_item(tmp_path):
-    folder = write_folder(tmp_path / "mv", fmt="json")
-    (folder / "train.json").write_text('{"0": [1, "x"]}')
-    expect(folder, "position 1 of user '0'", field="item")
-
-
-def test_json_item_out_of_range(tmp_path):
-    folder = write_folder(tmp_path / "mv", fmt="json")
-    (folder / "test.json").write_text('{"0": [1], "2": [9]}')
-    expect(folder, r"got 9 \(user 2\)", field="item")
+    (folder / f"{split}.json").write_text(text)
+    expect(folder, match, **fields)
 
 
 def test_empty_split(tmp_path):

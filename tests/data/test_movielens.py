@@ -3,7 +3,7 @@ import pytest
 
 from prismrec.data import load_dataset, load_movielens
 from prismrec.data.movielens import GENRES
-from prismrec.errors import DataError
+from tests.data.helpers import expect_data_error
 
 
 def _flags(*on):
@@ -58,57 +58,29 @@ def test_without_u_item(tmp_path):
     assert ds.item_meta is None and ds.n_items == 12
 
 
-def test_bad_rating(tmp_path):
-    folder = _ml(tmp_path / "ml", data=[(1, 1, 5, 10), (1, 2, "five", 11)])
-    with pytest.raises(DataError) as e:
-        load_movielens(folder)
-    assert (e.value.line, e.value.field) == (2, "rating") and "u.data" in str(e.value)
+# ---- bad input: each error names the file, line and field ----------------------------------------------
+@pytest.mark.parametrize("data, fields, contains", [
+    ([(1, 1, 5, 10), (1, 2, "five", 11)], {"line": 2, "field": "rating"}, ["u.data"]),
+    ([(1, 1, 5, 10), ("x1", 2, 4, 11)], {"line": 2, "field": "user_id"}, []),
+    ([(1, 1, 5, 10), (1, 2, 4, 11, 0)], {"line": 2}, ["4 '\\t'-separated fields"]),
+    ([(1, 1, 5, 10), (1, 99, 4, 11)], {"line": 2, "field": "item_id"}, ["u.item"]),
+], ids=["bad-rating", "non-integer-user", "wrong-field-count", "movie-not-in-u-item"])
+def test_bad_u_data_row(tmp_path, data, fields, contains):
+    expect_data_error(load_movielens, _ml(tmp_path / "ml", data=data), contains=contains, **fields)
 
 
-def test_non_integer_user(tmp_path):
-    folder = _ml(tmp_path / "ml", data=[(1, 1, 5, 10), ("x1", 2, 4, 11)])
-    with pytest.raises(DataError) as e:
-        load_movielens(folder)
-    assert (e.value.line, e.value.field) == (2, "user_id")
-
-
-def test_wrong_field_count(tmp_path):
-    folder = _ml(tmp_path / "ml", data=[(1, 1, 5, 10), (1, 2, 4, 11, 0)])
-    with pytest.raises(DataError) as e:
-        load_movielens(folder)
-    assert e.value.line == 2 and "4 '\\t'-separated fields" in str(e.value)
-
-
-def test_blank_line_inside(tmp_path):
+@pytest.mark.parametrize("text, match", [("1\t1\t5\t10\n\n1\t2\t4\t11\n", r"u\.data.*line 2.*empty line"),
+                                         ("", r"u\.data.*empty file")], ids=["blank-line-inside", "empty"])
+def test_bad_u_data_text(tmp_path, text, match):
     folder = _ml(tmp_path / "ml")
-    (folder / "u.data").write_text("1\t1\t5\t10\n\n1\t2\t4\t11\n")
-    with pytest.raises(DataError, match=r"u\.data.*line 2.*empty line"):
-        load_movielens(folder)
+    (folder / "u.data").write_text(text)
+    expect_data_error(load_movielens, folder, match=match)
 
 
-def test_movie_not_in_u_item(tmp_path):
-    folder = _ml(tmp_path / "ml", data=[(1, 1, 5, 10), (1, 99, 4, 11)])
-    with pytest.raises(DataError) as e:
-        load_movielens(folder)
-    assert (e.value.line, e.value.field) == (2, "item_id") and "u.item" in str(e.value)
-
-
-def test_bad_genre_flag(tmp_path):
-    items = [f"{i}|M|||u|{_flags()}" for i in range(1, 12)] + ["12|M|||u|" + "|".join(["0"] * 18 + ["y"])]
-    with pytest.raises(DataError) as e:
-        load_movielens(_ml(tmp_path / "ml", items=items))
-    assert (e.value.line, e.value.field) == (12, "Western")
-
-
-def test_duplicate_movie_id(tmp_path):
-    items = [f"{i}|M|||u|{_flags()}" for i in [*range(1, 13), 5]]
-    with pytest.raises(DataError) as e:
-        load_movielens(_ml(tmp_path / "ml", items=items))
-    assert e.value.line == 13 and "appears twice" in str(e.value)
-
-
-def test_empty_u_data(tmp_path):
-    folder = _ml(tmp_path / "ml")
-    (folder / "u.data").write_text("")
-    with pytest.raises(DataError, match=r"u\.data.*empty file"):
-        load_movielens(folder)
+@pytest.mark.parametrize("items, fields, contains", [
+    ([f"{i}|M|||u|{_flags()}" for i in range(1, 12)] + ["12|M|||u|" + "|".join(["0"] * 18 + ["y"])],
+     {"line": 12, "field": "Western"}, []),
+    ([f"{i}|M|||u|{_flags()}" for i in [*range(1, 13), 5]], {"line": 13}, ["appears twice"]),
+], ids=["bad-genre-flag", "duplicate-movie-id"])
+def test_bad_u_item_row(tmp_path, items, fields, contains):
+    expect_data_error(load_movielens, _ml(tmp_path / "ml", items=items), contains=contains, **fields)

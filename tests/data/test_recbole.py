@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from prismrec.data import load_dataset, load_recbole
-from prismrec.errors import DataError
+from tests.data.helpers import expect_data_error
 
 
 def _write(path, header, rows):
@@ -13,7 +13,10 @@ def _write(path, header, rows):
     return path
 
 
-def _single(folder, rows=None, header=("user_id:token", "item_id:token", "rating:float", "timestamp:float")):
+SINGLE_HEADER = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
+
+
+def _single(folder, rows=None, header=SINGLE_HEADER):
     folder.mkdir(parents=True, exist_ok=True)
     if rows is None:  # 3 users x 10 interactions, time = position
         rows = [(f"u{u}", f"i{(u * 3 + k) % 12}", 4.0 if k % 2 else 2.0, 100 + k) for u in range(3) for k in range(10)]
@@ -115,39 +118,17 @@ def test_quotes_in_text_are_kept(tmp_path):
 
 
 # ---- bad input: each error names file, line and field ------------------------------------------------------
-def test_bad_header_type(tmp_path):
-    _single(tmp_path / "d", [("a", "b", 1, 2)], header=("user_id:token", "item_id:tokn", "rating:float",
-                                                         "timestamp:float"))
-    with pytest.raises(DataError) as e:
-        load_recbole(tmp_path / "d")
-    assert e.value.line == 1 and e.value.field == "item_id:tokn" and "token_seq" in str(e.value)
-
-
-def test_missing_item_field(tmp_path):
-    _single(tmp_path / "d", [("a", 1)], header=("user_id:token", "rating:float"))
-    with pytest.raises(DataError, match=r"d\.inter.*line 1.*field 'item_id'.*missing field"):
-        load_recbole(tmp_path / "d")
-
-
-def test_non_numeric_timestamp(tmp_path):
-    _single(tmp_path / "d", [("a", "x", 1, 5), ("a", "y", 1, "soon")])
-    with pytest.raises(DataError) as e:
-        load_recbole(tmp_path / "d")
-    assert (e.value.line, e.value.field) == (3, "timestamp") and "'soon'" in str(e.value)
-
-
-def test_too_many_fields(tmp_path):
-    _single(tmp_path / "d", [("a", "x", 1, 5), ("a", "y", 1, 6, 7)])
-    with pytest.raises(DataError) as e:
-        load_recbole(tmp_path / "d")
-    assert e.value.line == 3 and "4 tab-separated fields" in str(e.value)
-
-
-def test_empty_user_token(tmp_path):
-    _single(tmp_path / "d", [("a", "x", 1, 5), ("", "y", 1, 6)])
-    with pytest.raises(DataError) as e:
-        load_recbole(tmp_path / "d")
-    assert (e.value.line, e.value.field) == (3, "user_id")
+@pytest.mark.parametrize("header, rows, expected", [
+    (("user_id:token", "item_id:tokn", "rating:float", "timestamp:float"), [("a", "b", 1, 2)],
+     dict(line=1, field="item_id:tokn", contains=["token_seq"])),
+    (("user_id:token", "rating:float"), [("a", 1)], dict(match=r"d\.inter.*line 1.*field 'item_id'.*missing field")),
+    (SINGLE_HEADER, [("a", "x", 1, 5), ("a", "y", 1, "soon")], dict(line=3, field="timestamp", contains=["'soon'"])),
+    (SINGLE_HEADER, [("a", "x", 1, 5), ("a", "y", 1, 6, 7)], dict(line=3, contains=["4 tab-separated fields"])),
+    (SINGLE_HEADER, [("a", "x", 1, 5), ("", "y", 1, 6)], dict(line=3, field="user_id")),
+], ids=["bad-header-type", "missing-item-field", "non-numeric-timestamp", "too-many-fields", "empty-user-token"])
+def test_bad_single_inter(tmp_path, header, rows, expected):
+    _single(tmp_path / "d", rows, header=header)
+    expect_data_error(load_recbole, tmp_path / "d", **expected)
 
 
 def test_empty_file(tmp_path):
@@ -155,53 +136,31 @@ def test_empty_file(tmp_path):
     (tmp_path / "d" / "d.train.inter").write_text("")
     for s in ("valid", "test"):
         _write(tmp_path / "d" / f"d.{s}.inter", ("user_id:token", "item_id:token"), [(1, 1)])
-    with pytest.raises(DataError, match=r"d\.train\.inter.*line 1.*empty file"):
-        load_recbole(tmp_path / "d")
+    expect_data_error(load_recbole, tmp_path / "d", match=r"d\.train\.inter.*line 1.*empty file")
 
 
 def test_missing_split_file(tmp_path):
     folder = _sequential(tmp_path / "raw")
     (folder / "S.valid.inter").unlink()
-    with pytest.raises(DataError, match=r"S\.valid\.inter is missing"):
-        load_dataset(folder)
+    expect_data_error(load_dataset, folder, match=r"S\.valid\.inter is missing")
 
 
-def test_token_not_in_map(tmp_path):
+@pytest.mark.parametrize("name, text, expected", [
+    ("S.valid.inter", "user_id:token\titem_id_list:token_seq\titem_id:token\n0\t0 1 2\t3\n1\t5 6 7\t77\n",
+     dict(line=3, field="item_id", contains=["S.item2index"])),
+    ("S.item2index", "ASIN0\t0\nASIN1\tone\n", dict(line=2, contains=["S.item2index"])),
+    ("S.user2index", "alice\t0\nbob\t0\n", dict(match=r"S\.user2index.*line 2.*duplicate index")),
+    ("S.text", "item_id:token\ttext:token_seq\nASIN0\ta\nNOPE\tb\n", dict(line=3, contains=["S.text", "NOPE"])),
+], ids=["token-not-in-map", "bad-token-map-row", "duplicate-index-in-map", "text-for-unknown-item"])
+def test_bad_sequential_file(tmp_path, name, text, expected):
     folder = _sequential(tmp_path / "raw")
-    h = ("user_id:token", "item_id_list:token_seq", "item_id:token")
-    _write(folder / "S.valid.inter", h, [(0, "0 1 2", 3), (1, "5 6 7", 77)])
-    with pytest.raises(DataError) as e:
-        load_recbole(folder)
-    assert (e.value.line, e.value.field) == (3, "item_id") and "S.item2index" in str(e.value)
-
-
-def test_bad_token_map_row(tmp_path):
-    folder = _sequential(tmp_path / "raw")
-    (folder / "S.item2index").write_text("ASIN0\t0\nASIN1\tone\n")
-    with pytest.raises(DataError) as e:
-        load_recbole(folder)
-    assert e.value.line == 2 and "S.item2index" in str(e.value)
-
-
-def test_duplicate_index_in_map(tmp_path):
-    folder = _sequential(tmp_path / "raw")
-    (folder / "S.user2index").write_text("alice\t0\nbob\t0\n")
-    with pytest.raises(DataError, match=r"S\.user2index.*line 2.*duplicate index"):
-        load_recbole(folder)
-
-
-def test_text_for_unknown_item(tmp_path):
-    folder = _sequential(tmp_path / "raw")
-    _write(folder / "S.text", ("item_id:token", "text:token_seq"), [("ASIN0", "a"), ("NOPE", "b")])
-    with pytest.raises(DataError) as e:
-        load_recbole(folder)
-    assert e.value.line == 3 and "S.text" in str(e.value) and "NOPE" in str(e.value)
+    (folder / name).write_text(text)
+    expect_data_error(load_recbole, folder, **expected)
 
 
 def test_min_rating_without_rating_field(tmp_path):
     _single(tmp_path / "d", [("a", "x")], header=("user_id:token", "item_id:token"))
-    with pytest.raises(DataError, match="missing field 'rating'"):
-        load_recbole(tmp_path / "d", min_rating=4)
+    expect_data_error(lambda: load_recbole(tmp_path / "d", min_rating=4), match="missing field 'rating'")
 
 
 def test_utf8_required(tmp_path):
@@ -209,8 +168,7 @@ def test_utf8_required(tmp_path):
     _single(folder, [("a", "x", 1, 5)])
     with open(folder / "d.inter", "ab") as f:
         f.write("b\tcaf\xe9\t1\t6\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"d\.inter.*utf-8"):
-        load_recbole(folder)
+    expect_data_error(load_recbole, folder, match=r"d\.inter.*utf-8")
 
 
 def test_large_integer_tokens_allocate_nothing(tmp_path):
