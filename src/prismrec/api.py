@@ -12,12 +12,13 @@ import torch
 from prismrec.bundle import read_bundle, read_extra_json, save_bundle
 from prismrec.config import resolve, to_dict
 from prismrec.data.dataset import Dataset
-from prismrec.errors import BundleError, PrismrecError, UnknownNameError
+from prismrec.errors import BundleError, DataError, PrismrecError, UnknownNameError
 from prismrec.evaluation import DEFAULT_BLOCK, DEFAULT_KS, METRICS, evaluate_splits
 from prismrec.models.base import Model, get_model_class
 from prismrec.train.trainer import FitResult, Trainer, peak_rss_mb, seed_everything
 
 log = logging.getLogger("prismrec")
+FEATURE_NORM_FILE = "feature_norm.json"  # a bundle's fitted data.transforms.FeatureNorm
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -68,6 +69,7 @@ class Recommender:
         self.metrics: dict = {}
         self.items_meta: dict | None = None  # the bundle's items_meta.json (data.items_meta), for display
         self.feature_norm = None  # the fitted data.transforms.FeatureNorm when feature_norm != "none"
+        self.bundle_path: Path | None = None  # the bundle this Recommender was loaded from
 
     # ------------------------------------------------------------------------------------------
     def fit(self, dataset: Dataset, *, run_dir: str | Path | None = None, show_progress: bool = True,
@@ -202,8 +204,91 @@ class Recommender:
         cfg = {"model": self.model_name, "plugins": list(self.plugins), "config": self.typed_config(),
                "model_config": to_dict(self.model_config), "train_config": to_dict(self.train_config),
                "data_path": data_path or self.metrics.get("data_path")}
+        extra = {}
+        if self.items_meta is not None:
+            extra["items_meta.json"] = self.items_meta
+        if self.feature_norm is not None and self.feature_norm.mode != "none":
+            extra[FEATURE_NORM_FILE] = self.feature_norm.to_json()  # new items' raw features need it
         return save_bundle(Path(path), model=model, dataset=self.dataset, config=cfg, metrics=self.metrics or None,
-                           extra_json={"items_meta.json": self.items_meta} if self.items_meta is not None else None)
+                           extra_json=extra or None)
+
+    # ------------------------------------------------------------------------------------------
+    def transform_features(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """New items' raw features as the model reads them: through the fitted ``feature_norm``
+        transform of training (:class:`prismrec.data.transforms.FeatureNorm`; unchanged for
+        ``feature_norm=none``).
+
+        Args:
+            features: modality -> ``[n, d_m]`` raw features, every modality of the model.
+
+        Returns:
+            modality -> float32 ``[n, d_m]``, in the model's modality order.
+
+        Raises:
+            DataError: a missing or unknown modality, a wrong shape, non-finite values.
+            BundleError: a loaded bundle trained with ``feature_norm=standardize`` that lacks its
+                fitted transform (``feature_norm.json``, written by a prismrec from before bundles
+                kept it).
+        """
+        self._require_fitted()
+        dims = {m: int(f.shape[1]) for m, f in self.dataset.features.items()}
+        missing, extra = [m for m in dims if m not in features], [m for m in features if m not in dims]
+        if missing or extra:
+            raise DataError(f"expected features for exactly the modalities {list(dims)}; "
+                            + (f"missing {missing}" if missing else f"unknown {extra}"), field="features")
+        out = {}
+        for m, d in dims.items():
+            f = np.array(features[m], dtype=np.float32)  # a copy: the caller's arrays stay untouched
+            if f.ndim != 2 or f.shape[1] != d:
+                raise DataError(f"expected [n, {d}], got {list(f.shape)}", field=f"{m} features")
+            if not np.isfinite(f).all():
+                raise DataError("holds NaN or infinite values", field=f"{m} features")
+            out[m] = f
+        mode = self.train_config.feature_norm
+        if mode == "none":
+            return out
+        if self.feature_norm is None:
+            raise BundleError(f"{(self.bundle_path or Path('.')) / FEATURE_NORM_FILE}: {self.missing_feature_norm()}")
+        return self.feature_norm.apply(out)
+
+    def missing_feature_norm(self) -> str | None:
+        """Why new items' raw features cannot be transformed for this Recommender, or None: a bundle
+        trained with ``feature_norm=standardize`` but written without ``feature_norm.json``."""
+        mode = self.train_config.feature_norm
+        if mode == "none" or self.feature_norm is not None:
+            return None
+        return (f"missing: this bundle was trained with feature_norm={mode} but written without its fitted "
+                "transform (by a prismrec from before bundles kept it), so new items' raw "
+                "features cannot be transformed like the training items'; re-create the bundle (`prismrec train "
+                "--resume --out RUN ...` with the run's settings rewrites it from its checkpoint)")
+
+    def embed_items(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Cold start: vectors of items the model never saw, from their **raw** features.
+
+        The features go through the training's fitted ``feature_norm`` transform
+        (:meth:`transform_features`) and then the model's content path (``Model.embed_items``), so
+        an item gets the vector it would have had as a training item with no interactions.
+
+        Args:
+            features: modality -> ``[n, d_m]`` raw features, every modality of the model.
+
+        Returns:
+            ``[n, d]`` float32 vectors, comparable (dot product) with the model's item vectors.
+
+        Raises:
+            UnsupportedError: the model cannot embed unseen items.
+            DataError, BundleError: see :meth:`transform_features`.
+        """
+        model = self._require_fitted()
+        feats = self.transform_features(features)
+        was_training = model.training
+        model.eval()  # not model.scoring(): that would drop a server's prepared scoring cache
+        try:
+            with torch.no_grad():
+                vec = model.embed_items({m: torch.from_numpy(f) for m, f in feats.items()})
+        finally:
+            model.train(was_training)
+        return vec.detach().float().cpu().numpy()
 
     @classmethod
     def load(cls, path: str | Path) -> "Recommender":
@@ -240,7 +325,35 @@ class Recommender:
         if meta is not None:
             from prismrec.data.items_meta import check_items_meta
             rec.items_meta = check_items_meta(meta, str(Path(path) / "items_meta.json"))
+        rec.bundle_path = path
+        rec.feature_norm = _bundle_feature_norm(path, rec.train_config.feature_norm,
+                                                {m: int(f.shape[1]) for m, f in ds.features.items()})
         return rec
+
+
+def _bundle_feature_norm(path: Path, mode: str, modalities: dict[str, int]):
+    """The fitted transform of a bundle's ``feature_norm.json``, checked against its config.
+
+    A bundle without the file (written before bundles kept it) loads: for ``l2``, which fits
+    nothing, the transform is rebuilt from the config; for ``standardize`` it is None, and
+    :meth:`Recommender.transform_features` names the missing file when new items need it.
+    """
+    from prismrec.data.transforms import FeatureNorm
+    f = path / FEATURE_NORM_FILE
+    d = read_extra_json(path, FEATURE_NORM_FILE)
+    if d is None:
+        if mode != "none":
+            log.warning("%s: no %s; new items' raw features %s", path, FEATURE_NORM_FILE,
+                        "are l2-normalised as in training" if mode == "l2" else
+                        "cannot be transformed (re-create the bundle to add items)")
+        return FeatureNorm("l2") if mode == "l2" else None
+    try:
+        norm = FeatureNorm.from_json(d, modalities=modalities, file=str(f))
+    except DataError as e:
+        raise BundleError(str(e)) from None
+    if norm.mode != mode:
+        raise BundleError(f"{f}: field 'mode': expected {mode!r} (config.json's feature_norm), got {norm.mode!r}")
+    return norm
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,6 +10,10 @@ Layout::
     embeddings.safetensors   final user/item embeddings (dot-product models), for fast serving
     users.json, items.json   external ids in internal order
     metrics.json             valid/test metrics at the best epoch, timings
+    items_meta.json          item titles/images for display (when the dataset has an items table)
+    feature_norm.json        the fitted ``feature_norm`` transform (when trained with one): the
+                             features above are already transformed; new items' raw ones go
+                             through it (data.transforms.FeatureNorm)
     manifest.json            written last: size and sha256 of every file above (and of the run's
                              checkpoint when there is one)
 
@@ -51,8 +55,9 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 REQUIRED = ("config.json", "weights.safetensors", "features.safetensors", "interactions.safetensors",
             "users.json", "items.json")
-OPTIONAL = ("embeddings.safetensors", "metrics.json", "items_meta.json")
-EXTRA_JSON = ("items_meta.json",)  # written from save_bundle(extra_json=...): display metadata (data.items_meta)
+OPTIONAL = ("embeddings.safetensors", "metrics.json", "items_meta.json", "feature_norm.json")
+# written from save_bundle(extra_json=...): display metadata (data.items_meta), the fitted feature transform
+EXTRA_JSON = ("items_meta.json", "feature_norm.json")
 FILES = REQUIRED  # kept for callers of the old name
 BUNDLE_FILES = REQUIRED + OPTIONAL
 CHECKPOINT_FILE = "checkpoint.safetensors"

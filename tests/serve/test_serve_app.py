@@ -316,14 +316,3 @@ def test_recommend_equals_cli_on_baby_like(make_client):
     with make_client(state) as c:
         for u, e in zip(users, json.loads(out.output)):
             assert c.get("/recommend", params={"user": u}).json()["items"] == e["items"]
-
-
-def test_register_item_refused_when_trained_on_normalised_features(serve_data, tmp_path, make_client, admin_headers):
-    """The model read features after feature_norm; raw POST /items features would embed silently wrong."""
-    Recommender("vbpr", epochs=2, feature_norm="standardize").fit(serve_data, run_dir=tmp_path / "b",
-                                                                   show_progress=False)
-    state = ServingState.load(ServeSettings(bundle=tmp_path / "b"))
-    with make_client(state) as c:
-        r = c.post("/items", json=NEW, headers=admin_headers)
-        assert r.status_code == 422 and "feature_norm=standardize" in r.json()["detail"]
-        assert c.get("/recommend", params={"user": "0", "k": 5}).status_code == 200

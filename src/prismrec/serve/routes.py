@@ -38,7 +38,8 @@ def health(state: RecommenderDep, settings: SettingsDep):
                     index=state.index.kind if state.index is not None else "model.score",
                     modalities=state.modalities,
                     explain=_overrides(model, "modality_contributions"),
-                    cold_start_items=state.index is not None and _overrides(model, "embed_items"),
+                    cold_start_items=(state.index is not None and _overrides(model, "embed_items")
+                                      and state.rec.missing_feature_norm() is None),
                     admin=settings.token() is not None, loaded_at=state.loaded_at)
 
 

@@ -106,7 +106,7 @@ class ServingState:
                  ds.n_items, index.kind if index else "model.score")
         state = cls(bundle=bundle, rec=rec, user_map=ds.user_map, item_ids=np.asarray(ds.item_ids),
                     seen=ds.train, user_vecs=user_vecs, index=index, sim_index=sim_index,
-                    feature_limits=MappingProxyType(feature_limits(ds.features)))
+                    feature_limits=MappingProxyType(feature_limits(ds.features, rec)))
         state.self_check()
         return state
 
@@ -243,17 +243,15 @@ class ServingState:
             UnsupportedError: the model cannot embed unseen items.
         """
         index = self._require_index("registering items")
-        norm = getattr(self.rec.train_config, "feature_norm", "none")
-        if norm != "none":  # the model reads transformed features; raw ones would embed silently wrong
-            raise UnsupportedError(f"this bundle was trained with feature_norm={norm}: registering items from raw "
-                                   "features is not supported for it yet (train with feature_norm=none to serve "
-                                   "cold-start items)")
+        problem = self.rec.missing_feature_norm()
+        if problem:  # named without the server's path (clients see this message)
+            raise UnsupportedError(f"feature_norm.json: {problem}")
         if str(item_id) in self.rec.dataset.item_map or str(item_id) in self.extra_lookup:
             raise Conflict(f"item '{item_id}' already exists")
         feats = check_features(features, self.modalities, self.feature_limits)
-        with torch.no_grad():
-            vec = self.rec.model.embed_items({m: torch.from_numpy(f[None, :]) for m, f in feats.items()})  # [1, d]
-        vec = vec.detach().to(index.base.dtype)
+        # the raw features go through the training's fitted feature_norm, then the model's content path
+        vec = torch.from_numpy(self.rec.embed_items({m: f[None, :] for m, f in feats.items()}))  # [1, d]
+        vec = vec.to(index.base.dtype)
         if vec.shape != (1, index.base.shape[1]):
             raise UnsupportedError(f"model '{self.rec.model_name}' embedded the item as {list(vec.shape)}, "
                                    f"expected [1, {index.base.shape[1]}]")
@@ -271,13 +269,22 @@ class ServingState:
 FEATURE_RANGE = 10.0
 
 
-def feature_limits(features: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per modality, the largest absolute value a registered item's features may hold:
-    :data:`FEATURE_RANGE` times the training features' largest (at least 1). The OpenAPI schema
-    states it, so that valid-looking features are never refused for their size."""
+def feature_limits(features: dict[str, np.ndarray], rec: Recommender | None = None) -> dict[str, float]:
+    """Per modality, the largest absolute value a registered item's raw features may hold:
+    :data:`FEATURE_RANGE` times the raw training features' largest (at least 1). The OpenAPI schema
+    states it, so that valid-looking features are never refused for their size.
+
+    ``features`` are the bundle's (as the model reads them). For a bundle trained with
+    ``feature_norm`` they are transformed, so the raw range comes from the fitted transform's
+    ``input_abs_max``; a modality without it gets no limit (finite values only).
+    """
+    if rec is not None and rec.train_config.feature_norm != "none":
+        norm = rec.feature_norm
+        largest = dict(norm.input_abs_max) if norm is not None else {}
+    else:
+        largest = {m: float(np.abs(f).max(initial=0.0)) for m, f in features.items()}
     # a float32 number, so that a value equal to the limit stays within it once stored as float32
-    return {m: float(np.float32(max(FEATURE_RANGE * float(np.abs(f).max(initial=0.0)), 1.0)))
-            for m, f in features.items()}
+    return {m: float(np.float32(max(FEATURE_RANGE * v, 1.0))) for m, v in largest.items()}
 
 
 def check_features(features: dict, modalities: dict[str, int],
