@@ -22,7 +22,8 @@ inside the bundle directory first. Then the old ``manifest.json`` is removed, th
 into place, and the new manifest is renamed into place last: that one rename is the commit. A
 writer killed at any point leaves either the old bundle, the new one, or a folder without a
 manifest, which :func:`read_bundle` refuses; the next write removes staging folders left by
-writers that are gone.
+writers that are gone. :func:`write_bundle` and :func:`read_manifest` hold that protocol for
+other kinds of bundle too (``tasks.music.bundle``).
 
 Reading (:func:`read_bundle`) refuses a folder without a complete manifest, verifies each file's
 size and sha256 on the very bytes it then parses (about 0.15 s per 100 MB), and checks that the
@@ -165,26 +166,54 @@ def save_bundle(path: Path, *, model, dataset: Dataset, config: dict, metrics: d
     Returns:
         ``path``.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    clean_stale(path)
-    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}.", dir=path))
-    try:
+    def write(stage: Path) -> None:
         _write_files(stage, model=model, dataset=dataset, config=config, metrics=metrics, state_dict=state_dict)
         for name, obj in (extra_json or {}).items():
             if name not in EXTRA_JSON:
                 raise ValueError(f"extra bundle file must be one of {EXTRA_JSON}, got {name!r}")
             (stage / name).write_text(json.dumps(obj, indent=2, default=_default))
+
+    return write_bundle(path, write)
+
+
+def write_bundle(path: Path, write, *, files: tuple[str, ...] = BUNDLE_FILES, checkpoint: bool = True) -> Path:
+    """Write the files of a bundle into ``path`` all at once: the protocol of the module docstring,
+    for any kind of bundle (this module's, the music task's).
+
+    ``write(stage)`` fills a fresh staging folder inside ``path``; then every file's size and
+    sha256 go into the manifest, and :func:`_commit` makes the bundle visible with the manifest's
+    rename last. An exception anywhere before that leaves ``path`` as it was (the staging folder is
+    removed); one during the renames leaves a folder without a manifest, which
+    :func:`read_manifest` refuses.
+
+    Args:
+        path: the bundle directory; created when missing. Files other than ``files`` are kept.
+        write: ``write(stage: Path)``, writing only files named in ``files``.
+        files: every file name a bundle of this kind may hold; those the new bundle lacks are
+            removed from ``path``.
+        checkpoint: record the run's :data:`CHECKPOINT_FILE` (when there is one) in the manifest.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}.", dir=path))
+    try:
+        write(stage)
         entries = {}
         for f in sorted(stage.iterdir()):
+            if f.name not in files:
+                raise ValueError(f"{f.name!r} is not a file of this bundle (expected some of {', '.join(files)})")
             _fsync(f)
             digest, size = sha256_file(f)
             entries[f.name] = {"sha256": digest, "bytes": size}
         manifest = {"format": MANIFEST_FORMAT, "prismrec_version": __version__, "files": entries,
-                    "checkpoint": _checkpoint_entry(path)}
+                    "checkpoint": _checkpoint_entry(path) if checkpoint else None}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync(stage / MANIFEST)
-        _commit(path, stage, entries)
+        _commit(path, stage, entries, files)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return path
@@ -228,7 +257,7 @@ def _checkpoint_entry(path: Path) -> dict | None:
     return {"file": CHECKPOINT_FILE, "sha256": digest, "bytes": size}
 
 
-def _commit(path: Path, stage: Path, entries: dict) -> None:
+def _commit(path: Path, stage: Path, entries: dict, files: tuple[str, ...] = BUNDLE_FILES) -> None:
     """Make the staged bundle visible: drop the old manifest (the folder stops being a bundle),
     rename the files in, drop bundle files the new bundle lacks, rename the manifest in last."""
     # No fsync inside this window (it would only widen it): should a power cut reorder these
@@ -236,7 +265,7 @@ def _commit(path: Path, stage: Path, entries: dict) -> None:
     (path / MANIFEST).unlink(missing_ok=True)
     for name in entries:
         os.replace(stage / name, path / name)
-    for name in BUNDLE_FILES:
+    for name in files:
         if name not in entries:  # e.g. embeddings of a former dot-product model
             (path / name).unlink(missing_ok=True)
     os.replace(stage / MANIFEST, path / MANIFEST)
@@ -244,8 +273,21 @@ def _commit(path: Path, stage: Path, entries: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-def read_manifest(path: str | Path) -> dict:
+RECREATE = ("Re-create it: `prismrec train --resume --out {path} ...` (the same --data/--model/--set) rewrites "
+            "it from the run's checkpoint without training again when the run had finished; otherwise train again")
+WRITTEN_BY = "a bundle is written by `prismrec train`"
+
+
+def read_manifest(path: str | Path, *, files: tuple[str, ...] = BUNDLE_FILES, required: tuple[str, ...] = REQUIRED,
+                  recreate: str = RECREATE, written_by: str = WRITTEN_BY) -> dict:
     """The checked ``manifest.json`` of bundle directory ``path``.
+
+    Args:
+        path: the bundle directory.
+        files, required: the file names a bundle of this kind may hold and those it must
+            (this module's bundles by default).
+        recreate: how to re-create a bundle without a manifest (``{path}`` is filled in).
+        written_by: what writes such bundles, for a folder that is not one.
 
     Raises:
         BundleError: not a directory, no manifest (an interrupted write, or a bundle written
@@ -262,10 +304,9 @@ def read_manifest(path: str | Path) -> dict:
         if (path / "config.json").is_file():
             raise BundleError(
                 f"{path}: incomplete bundle: no {MANIFEST}, so its files cannot be verified. Either its "
-                "write was interrupted or it was written by a prismrec from before bundles had manifests. Re-create it: `prismrec train "
-                f"--resume --out {path} ...` (the same --data/--model/--set) rewrites it from the run's "
-                "checkpoint without training again when the run had finished; otherwise train again")
-        raise BundleError(f"{path}: not a bundle (no {MANIFEST}); a bundle is written by `prismrec train`")
+                "write was interrupted or it was written by a prismrec from before bundles had manifests. "
+                + recreate.format(path=path))
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST}); {written_by}")
     try:
         manifest = json.loads(mfile.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -273,15 +314,15 @@ def read_manifest(path: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(f"{mfile}: expected a manifest of format {MANIFEST_FORMAT}, got {got!r}")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
         raise BundleError(f"{mfile}: field 'files': expected an object of file name -> sha256 and size")
-    for name, entry in files.items():
-        if name not in BUNDLE_FILES:
+    for name, entry in listed.items():
+        if name not in files:
             raise BundleError(f"{mfile}: field 'files': unexpected file {name!r}; expected only "
-                              f"{', '.join(BUNDLE_FILES)}")
+                              f"{', '.join(files)}")
         _check_entry(mfile, f"files.{name}", entry)
-    missing = [n for n in REQUIRED if n not in files]
+    missing = [n for n in required if n not in listed]
     if missing:
         raise BundleError(f"{mfile}: incomplete manifest: {', '.join(missing)} not listed")
     ck = manifest.get("checkpoint")
@@ -314,13 +355,14 @@ def _read_verified(path: Path, name: str, manifest: dict) -> bytes:
     return data
 
 
-def verify_bundle(path: str | Path, *, checkpoint: bool = False) -> dict:
+def verify_bundle(path: str | Path, *, checkpoint: bool = False, **kind) -> dict:
     """Check every file of the bundle against its manifest (sizes and sha256) without loading it.
 
     Args:
         path: bundle directory.
         checkpoint: also check the run's checkpoint against the manifest's entry (it changes when
             the run is resumed, so loading a bundle never needs it).
+        **kind: :func:`read_manifest`'s keywords for another kind of bundle (``files``, ...).
 
     Returns:
         The manifest.
@@ -329,7 +371,7 @@ def verify_bundle(path: str | Path, *, checkpoint: bool = False) -> dict:
         BundleError: naming the first file that is missing or does not match.
     """
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, **kind)
     for name, entry in manifest["files"].items():
         digest, size = _hash_or_missing(path / name)
         if (digest, size) != (entry["sha256"], entry["bytes"]):
@@ -350,14 +392,17 @@ def _hash_or_missing(f: Path) -> tuple[str | None, int]:
         raise BundleError(f"{f}: listed in {MANIFEST} but missing; re-create the bundle") from None
 
 
-def _json(path: Path, name: str, manifest: dict):
+def verified_json(path: Path, name: str, manifest: dict):
+    """The parsed JSON of bundle file ``name``, its bytes checked against ``manifest`` first."""
     try:
         return json.loads(_read_verified(path, name, manifest).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path / name}: not valid JSON ({e})") from None
 
 
-def _tensors(path: Path, name: str, manifest: dict, framework: str) -> dict:
+def verified_tensors(path: Path, name: str, manifest: dict, framework: str) -> dict:
+    """The tensors (``framework`` "pt": torch, "np": numpy) of safetensors bundle file ``name``,
+    its bytes checked against ``manifest`` first."""
     data = _read_verified(path, name, manifest)
     try:
         return (load_pt_bytes if framework == "pt" else load_np_bytes)(data)
@@ -400,7 +445,7 @@ def _check_finite(f: Path, tensors: dict, what: str = "tensor") -> None:
 def read_extra_json(path: str | Path, name: str):
     """An ``extra_json`` file of the bundle, verified against the manifest; None when it has none."""
     manifest = read_manifest(path)
-    return _json(Path(path), name, manifest) if name in manifest["files"] else None
+    return verified_json(Path(path), name, manifest) if name in manifest["files"] else None
 
 
 def read_bundle(path: str | Path) -> tuple[dict, Dataset, dict[str, torch.Tensor]]:
@@ -414,7 +459,7 @@ def read_bundle(path: str | Path) -> tuple[dict, Dataset, dict[str, torch.Tensor
     path = Path(path)
     manifest = read_manifest(path)
     cf = path / "config.json"
-    cfg = _json(path, "config.json", manifest)
+    cfg = verified_json(path, "config.json", manifest)
     if not isinstance(cfg, dict):
         raise BundleError(f"{cf}: expected a JSON object, got {type(cfg).__name__}")
     _field(cfg, "model", str, "a model name", cf)
@@ -432,12 +477,12 @@ def read_bundle(path: str | Path) -> tuple[dict, Dataset, dict[str, torch.Tensor
     if cfg.get("prismrec_version") != __version__:
         log.warning("bundle %s was written by prismrec %s; this is %s", path, cfg.get("prismrec_version"),
                     __version__)
-    users = _ids(path / "users.json", _json(path, "users.json", manifest), n_users, "user")
-    items = _ids(path / "items.json", _json(path, "items.json", manifest), n_items, "item")
+    users = _ids(path / "users.json", verified_json(path, "users.json", manifest), n_users, "user")
+    items = _ids(path / "items.json", verified_json(path, "items.json", manifest), n_items, "item")
     train = _interactions(path / "interactions.safetensors",
-                          _tensors(path, "interactions.safetensors", manifest, "np"), n_users, n_items)
+                          verified_tensors(path, "interactions.safetensors", manifest, "np"), n_users, n_items)
     ff = path / "features.safetensors"
-    feats = {k: v for k, v in _tensors(path, "features.safetensors", manifest, "np").items() if k != "_none"}
+    feats = {k: v for k, v in verified_tensors(path, "features.safetensors", manifest, "np").items() if k != "_none"}
     if set(feats) != set(mods):
         raise BundleError(f"{ff}: holds modalities {sorted(feats)}, config.json says {sorted(mods)}")
     for m, d in mods.items():
@@ -448,12 +493,12 @@ def read_bundle(path: str | Path) -> tuple[dict, Dataset, dict[str, torch.Tensor
         if not np.isfinite(f).all():
             raise BundleError(f"{ff}: modality '{m}' holds NaN or infinite values")
     feats = {m: feats[m] for m in mods}  # keep the training order
-    if "metrics.json" in manifest["files"] and not isinstance(_json(path, "metrics.json", manifest), dict):
+    if "metrics.json" in manifest["files"] and not isinstance(verified_json(path, "metrics.json", manifest), dict):
         raise BundleError(f"{path / 'metrics.json'}: expected a JSON object")
     empty = sp.csr_matrix(train.shape, dtype=np.float32)
     ds = Dataset(name=str(cfg.get("dataset", path.name)), train=train, valid=empty, test=empty, features=feats,
                  user_ids=users, item_ids=items)
-    weights = _tensors(path, "weights.safetensors", manifest, "pt")
+    weights = verified_tensors(path, "weights.safetensors", manifest, "pt")
     _check_finite(path / "weights.safetensors", weights)
     if "embeddings.safetensors" in manifest["files"]:
         _embeddings(path, manifest, n_users, n_items)
@@ -485,7 +530,7 @@ def _interactions(f: Path, t: dict, n_users: int, n_items: int) -> sp.csr_matrix
 
 def _embeddings(path: Path, manifest: dict, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     f = path / "embeddings.safetensors"
-    t = _tensors(path, "embeddings.safetensors", manifest, "pt")
+    t = verified_tensors(path, "embeddings.safetensors", manifest, "pt")
     if set(t) != {"user", "item"}:
         raise BundleError(f"{f}: expected tensors 'user' and 'item', got {sorted(t)}")
     u, i = t["user"], t["item"]
@@ -502,5 +547,5 @@ def read_embeddings(path: str | Path) -> tuple[torch.Tensor, torch.Tensor] | Non
     manifest = read_manifest(path)
     if "embeddings.safetensors" not in manifest["files"]:
         return None
-    cfg = _json(path, "config.json", manifest)
+    cfg = verified_json(path, "config.json", manifest)
     return _embeddings(path, manifest, int(cfg["n_users"]), int(cfg["n_items"]))

@@ -43,7 +43,7 @@ def test_bundle_refuses_bad_directories(tmp_path, bundle_dir):
     with pytest.raises(BundleError, match="not a bundle directory"):
         MusicBundle(tmp_path / "none")
     (tmp_path / "x").mkdir()
-    with pytest.raises(BundleError, match="missing config.json"):
+    with pytest.raises(BundleError, match=r"not a bundle \(no manifest.json\); a music bundle is written by"):
         MusicBundle(tmp_path / "x")
     (tmp_path / "x" / "model.pt").write_bytes(b"")
     with pytest.raises(BundleError, match="pickle"):

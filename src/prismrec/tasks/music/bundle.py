@@ -8,27 +8,29 @@ Layout::
     embeddings.safetensors   "video" [n_videos, K], "track" [n_tracks, K], "video_track" int64 [n_videos]
     videos.json, tracks.json external ids in internal order
     metrics.json             valid/test metrics at the best epoch, timings
-    log.jsonl                per-epoch log (when trained with a run directory)
+    manifest.json            written last: size and sha256 of every file above
+    log.jsonl                per-epoch log (when trained with a run directory; not part of the bundle)
 
 Serving a known video needs only the embeddings; a new video is embedded by the model from its
 content features. Loading needs neither the dataset nor the training code.
+
+A music bundle is written and checked like a recommendation bundle (:mod:`prismrec.bundle`):
+staged, then committed by renaming its manifest in last, so a writer that fails or is killed
+leaves the old bundle or a folder that loading refuses, never a mix; loading verifies every file
+against the manifest.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from prismrec import __version__
-from prismrec.bundle import write_json
+from prismrec.bundle import read_manifest, verified_json, verified_tensors, verify_bundle, write_bundle, write_json
 from prismrec.data.idmap import IdMap
 from prismrec.errors import BundleError
 from prismrec.tasks.music.data import MusicDataset
@@ -38,6 +40,10 @@ from prismrec.tasks.music.train import MusicFit, tensors
 
 log = logging.getLogger("prismrec")
 FILES = ("config.json", "weights.safetensors", "embeddings.safetensors", "videos.json", "tracks.json")
+BUNDLE_FILES = FILES + ("metrics.json",)
+# what read_manifest / verify_bundle check for this kind of bundle
+KIND = dict(files=BUNDLE_FILES, required=FILES, written_by="a music bundle is written by `prismrec music train`",
+            recreate="Train it again with `prismrec music train --out {path} ...`.")
 
 
 def plain_config(cfg) -> dict:
@@ -46,15 +52,13 @@ def plain_config(cfg) -> dict:
 
 def save_music_bundle(path: str | Path, result: MusicFit, ds: MusicDataset, *, data_path: str | None = None) -> Path:
     """Write the fitted model of ``result`` (trained on ``ds``) as a bundle in ``path``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     model = result.model
-    stage = Path(tempfile.mkdtemp(prefix=".bundle.", dir=path))
-    try:
-        model.eval()
-        with torch.no_grad():
-            video_emb = model.embed_videos(tensors(ds.video_features))
-            track_emb = model.embed_tracks(tensors(ds.track_features))
+    model.eval()
+    with torch.no_grad():
+        video_emb = model.embed_videos(tensors(ds.video_features))
+        track_emb = model.embed_tracks(tensors(ds.track_features))
+
+    def write(stage: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()} or
                   {"_none": torch.zeros(0)}, str(stage / "weights.safetensors"))
         save_file({"video": video_emb.contiguous(), "track": track_emb.contiguous(),
@@ -68,11 +72,17 @@ def save_music_bundle(path: str | Path, result: MusicFit, ds: MusicDataset, *, d
         write_json(stage / "videos.json", [str(v) for v in ds.video_ids.tolist()])
         write_json(stage / "tracks.json", [str(t) for t in ds.track_ids.tolist()])
         write_json(stage / "metrics.json", result.metrics())
-        for f in stage.iterdir():
-            os.replace(f, path / f.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return path
+
+    return write_bundle(Path(path), write, files=BUNDLE_FILES, checkpoint=False)
+
+
+def verify_music_bundle(path: str | Path) -> dict:
+    """Check every file of a music bundle against its manifest without loading it; the manifest.
+
+    Raises:
+        BundleError: naming the first file that is missing or does not match.
+    """
+    return verify_bundle(path, **KIND)
 
 
 class MusicBundle:
@@ -86,38 +96,30 @@ class MusicBundle:
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        if not path.is_dir():
-            raise BundleError(f"{path}: not a bundle directory")
-        for f in path.iterdir():
-            if f.is_file() and f.suffix in (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"):
-                raise BundleError(f"{f}: refusing to load pickle-based files; bundles are safetensors + JSON only")
-        for name in FILES:
-            if not (path / name).is_file():
-                raise BundleError(f"{path}: missing {name}; a music bundle is written by `prismrec music train`")
-        try:
-            self.config = json.loads((path / "config.json").read_text())
-            videos = json.loads((path / "videos.json").read_text())
-            tracks = json.loads((path / "tracks.json").read_text())
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{path}: invalid JSON ({e})") from None
-        if self.config.get("task") != "music":
-            raise BundleError(f"{path}: not a music bundle (task {self.config.get('task')!r}); "
-                              "train one with `prismrec music train`")
+        manifest = read_manifest(path, **KIND)  # refuses pickle files, partial writes
+        self.config = verified_json(path, "config.json", manifest)
+        videos = verified_json(path, "videos.json", manifest)
+        tracks = verified_json(path, "tracks.json", manifest)
+        if not isinstance(self.config, dict) or self.config.get("task") != "music":
+            task = self.config.get("task") if isinstance(self.config, dict) else None
+            raise BundleError(f"{path}: not a music bundle (task {task!r}); train one with `prismrec music train`")
         if self.config.get("prismrec_version") != __version__:
             log.warning("bundle %s was written by prismrec %s; this is %s", path,
                         self.config.get("prismrec_version"), __version__)
         c = self.config
         self.path = path
         self.model: MatchModel = build(c["model"], c["model_config"], c["video_dims"], c["track_dims"], c["n_tracks"])
-        weights = {k: v for k, v in load_file(str(path / "weights.safetensors")).items() if k != "_none"}
+        weights = {k: v for k, v in verified_tensors(path, "weights.safetensors", manifest, "pt").items()
+                   if k != "_none"}
         self.model.load_state_dict(weights)
         self.model.eval()
-        emb = load_file(str(path / "embeddings.safetensors"))
+        emb = verified_tensors(path, "embeddings.safetensors", manifest, "pt")
         self.video_emb, self.track_emb, self.video_track = emb["video"], emb["track"], emb["video_track"]
         self.videos, self.tracks = IdMap(videos, "video"), IdMap(tracks, "track")
         if len(self.tracks) != len(self.track_emb) or len(self.videos) != len(self.video_emb):
             raise BundleError(f"{path}: id lists and embeddings disagree in length")
-        self.metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+        self.metrics = (verified_json(path, "metrics.json", manifest) if "metrics.json" in manifest["files"]
+                        else {})
 
     def _top(self, video_emb: torch.Tensor, k: int) -> tuple[list[list], list[list[float]]]:
         if k < 1:
