@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from prismrec.data.sampler import PairwiseSampler
@@ -76,3 +77,60 @@ def assert_loss_and_grads_match(model, batch, reference, *, relative_grad_atol: 
     for k, p in model.named_parameters():
         atol = 1e-7 if relative_grad_atol is None else relative_grad_atol * p.grad.abs().max().item()
         torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=atol, msg=k)
+
+
+def assert_matches_dense_reference(model, loss, grads, ref, params, embeddings, n_scored: int) -> None:
+    """The fast path's ``loss`` and its ``grads`` (of ``params``) equal the dense reference ``ref``'s, and
+    ``score`` of the first ``n_scored`` users is their dot product with every item of the reference's
+    ``embeddings`` (users, then items)."""
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    e, n = embeddings, model.n_users
+    with model.scoring():
+        torch.testing.assert_close(model.score(torch.arange(n_scored)), (e[:n_scored] @ e[n:].T).detach(),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def check_config_names_field(config_cls, field: str, value, model_cls=None, match: str | None = None) -> None:
+    """``field=value`` is a ``ValueError`` naming the field (``match``, when the message says it otherwise)
+    from ``config_cls``, and, given ``model_cls``, a ``ConfigError`` from resolving the model's config."""
+    from prismrec.config import resolve
+    from prismrec.errors import ConfigError
+    with pytest.raises(ValueError, match=match or field):
+        config_cls(**{field: value})
+    if model_cls is not None:
+        with pytest.raises(ConfigError, match=match or field):
+            resolve(model_cls, {field: value})
+
+
+def check_tunable(name: str, expected: set[str]) -> None:
+    """The hyper-parameter search space of model ``name`` holds every name of ``expected``."""
+    from prismrec.train.hpo import search_space
+    assert expected <= {p.name for p in search_space(name)}
+
+
+def check_beats_most_popular(name: str, dataset, **config):
+    """``name`` trained six epochs: the loss falls by more than 0.1 and the best valid Recall@20 is more
+    than 0.2 above most-popular's. Returns the fitted recommender."""
+    from prismrec import Recommender
+    kw = dict(epochs=6, batch_size=256, checkpoint=False, learning_rate=0.01, seed=0)
+    rec = Recommender(name, **{**kw, **config}).fit(dataset, show_progress=False)
+    pop = Recommender("pop", epochs=1, checkpoint=False).fit(dataset, show_progress=False)
+    losses = [h["loss"] for h in rec.result.history]
+    assert losses[-1] < losses[0] - 0.1
+    assert rec.result.best_valid["recall@20"] > pop.result.best_valid["recall@20"] + 0.2
+    return rec
+
+
+def check_learns_beyond_popularity(name: str, dataset, run_dir):
+    """``name`` trained ten epochs into ``run_dir``: test Recall@20 more than 0.03 above most-popular's, and
+    the saved bundle scores as the fitted model does. Returns the fitted recommender."""
+    from prismrec import Recommender
+    pop = Recommender("pop").fit(dataset, show_progress=False).metrics["test"]["recall@20"]
+    rec = Recommender(name, epochs=10, batch_size=256, learning_rate=1e-2).fit(dataset, run_dir=run_dir,
+                                                                              show_progress=False)
+    assert rec.metrics["test"]["recall@20"] > pop + 0.03
+    loaded = Recommender.load(run_dir)
+    np.testing.assert_allclose(loaded.score(np.arange(6)), rec.score(np.arange(6)), rtol=1e-5, atol=1e-5)
+    return rec

@@ -8,11 +8,18 @@ from prismrec import Recommender
 from prismrec.data.sampler import Batch, PairwiseSampler
 from prismrec.models import build_model
 from prismrec.models.bm3 import BM3Config
-from tests.models.helpers import assert_learns_and_scores
+from tests.models.helpers import assert_learns_and_scores, assert_loss_and_grads_match
 
 
 def _fit(ds, epochs=5, **cfg):
     return Recommender("bm3", epochs=epochs, batch_size=256, checkpoint=False, **cfg).fit(ds, show_progress=False)
+
+
+def _model_and_batch(ds, size=64, config=None):
+    """A BM3 built at torch seed 0 and the first pairwise batch of ``size`` rows."""
+    torch.manual_seed(0)
+    model = build_model("bm3", ds, config)
+    return model, next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(0))))
 
 
 def test_loss_decreases_and_score_shape(tiny):
@@ -28,9 +35,7 @@ def test_any_number_of_modalities(fixture, request):
 
 
 def test_negatives_are_ignored(tiny):
-    torch.manual_seed(0)
-    model = build_model("bm3", tiny)
-    b = next(iter(PairwiseSampler(tiny.train, 64, np.random.default_rng(0))))
+    model, b = _model_and_batch(tiny)
     torch.manual_seed(1)
     a = model.loss(b)
     torch.manual_seed(1)
@@ -41,12 +46,10 @@ def test_negatives_are_ignored(tiny):
 def test_loss_matches_dense_reference(tiny):
     """Batch-only predictor/projections give the whole-table reference's loss and gradients (dropout 0:
     fixed targets)."""
-    torch.manual_seed(0)
-    model = build_model("bm3", tiny, BM3Config(dropout=0.0))
-    b = next(iter(PairwiseSampler(tiny.train, 128, np.random.default_rng(0))))
+    model, b = _model_and_batch(tiny, 128, BM3Config(dropout=0.0))
     cfg = model.config
 
-    def reference(_):
+    def reference(model, b):
         u_o, i_o = model.online()
         u_t, i_t = u_o.detach()[b.users], i_o.detach()[b.pos_items]
         u_p, i_p = model.predictor(u_o)[b.users], model.predictor(i_o)[b.pos_items]
@@ -59,21 +62,11 @@ def test_loss_matches_dense_reference(tiny):
         reg = (u_o.norm() + i_o.norm()) / i_o.shape[0]
         return c(u_p, i_t) + c(i_p, u_t) + cfg.reg_weight * reg + cfg.cl_weight * cl
 
-    out = []
-    for fn in (model.loss, reference):
-        model.zero_grad()
-        loss = fn(b)
-        loss.backward()
-        out.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
-    for g0, g1 in zip(out[0][1], out[1][1]):
-        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-7)
+    assert_loss_and_grads_match(model, b, reference)
 
 
 def test_target_dropout_is_seeded(tiny):
-    torch.manual_seed(0)
-    model = build_model("bm3", tiny)
-    b = next(iter(PairwiseSampler(tiny.train, 64, np.random.default_rng(0))))
+    model, b = _model_and_batch(tiny)
     torch.manual_seed(5)
     a = model.loss(b)
     torch.manual_seed(5)

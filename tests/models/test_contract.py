@@ -7,8 +7,11 @@ from prismrec import Recommender
 from prismrec.errors import PrismrecError
 from prismrec.models import registered_models
 from prismrec.models.base import Model
+from tests.models.helpers import check_serve_round_trip, check_trains_with_plugin
 
 MODELS = sorted(registered_models())
+# the models whose feature plug-ins and served bundle are checked end to end, with the settings that keep them small
+END_TO_END = {"diffmm": {"hidden_dim": 16}, "pgl": {}, "smore": {}}
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +118,14 @@ def test_scoring_factors_reproduce_score(name, fitted):
             u, i = factors
             torch.testing.assert_close(model.score(users), u[users] @ i.T)
     assert model.scoring_factors() is None  # outside scoring(): nothing cached
+
+
+@pytest.mark.parametrize("plugin", ["befa", "erl"])
+@pytest.mark.parametrize("name", sorted(END_TO_END))
+def test_trains_with_feature_plugins(name, plugin, tiny):
+    check_trains_with_plugin(name, tiny, plugin, **END_TO_END[name])
+
+
+@pytest.mark.parametrize("name", sorted(END_TO_END))
+def test_serve_round_trip(name, tiny, tmp_path):
+    check_serve_round_trip(name, tiny, tmp_path, **END_TO_END[name])

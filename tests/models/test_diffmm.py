@@ -5,12 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from prismrec import Recommender
-from tests.models.helpers import check_serve_round_trip, check_trains_with_plugin
-from prismrec.config import resolve
 from prismrec.data.sampler import PairwiseSampler
-from prismrec.errors import ConfigError
 from prismrec.models import build_model
 from prismrec.models.diffmm import DiffMM, DiffMMConfig
+from tests.models.helpers import (assert_matches_dense_reference, check_beats_most_popular, check_config_names_field,
+                                  check_tunable)
 
 
 def _model(ds, **cfg):
@@ -131,11 +130,7 @@ def test_forward_and_loss_match_dense_reference(tiny, cl_pairs):
     u, pos, neg = e[batch.users], e[n + batch.pos_items], e[n + batch.neg_items]
     ref = (-F.logsigmoid((u * pos).sum(1) - (u * neg).sum(1)).mean() + c.reg_weight * (table ** 2).sum()
            + c.cl_weight * cl)
-    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads, torch.autograd.grad(ref, params)):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
-    with model.scoring():
-        torch.testing.assert_close(model.score(torch.arange(5)), (e[:5] @ e[n:].T).detach(), atol=1e-5, rtol=1e-5)
+    assert_matches_dense_reference(model, loss, grads, ref, params, e, n_scored=5)
 
 
 def test_leaky_relu_feature_map(tiny):
@@ -147,12 +142,7 @@ def test_leaky_relu_feature_map(tiny):
 
 
 def test_learns_on_synthetic_data_and_beats_most_popular(tiny):
-    kw = dict(epochs=6, batch_size=256, checkpoint=False, learning_rate=0.01, seed=0)
-    rec = Recommender("diffmm", hidden_dim=64, **kw).fit(tiny, show_progress=False)
-    pop = Recommender("pop", epochs=1, checkpoint=False).fit(tiny, show_progress=False)
-    losses = [h["loss"] for h in rec.result.history]
-    assert losses[-1] < losses[0] - 0.1
-    assert rec.result.best_valid["recall@20"] > pop.result.best_valid["recall@20"] + 0.2
+    check_beats_most_popular("diffmm", tiny, hidden_dim=64)
 
 
 def test_generated_graphs_survive_save_and_load(tiny, tmp_path):
@@ -167,24 +157,12 @@ def test_generated_graphs_survive_save_and_load(tiny, tmp_path):
                                          ("cl_pairs", "all"), ("feature_map", "mlp"), ("precision", "fp8"),
                                          ("temperature", 0.0), ("noise_max", 20.0), ("denoise_dropout", 1.0)])
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field if field != "noise_max" else "noise"):
-        DiffMMConfig(**{field: value})
-    with pytest.raises(ConfigError, match=field if field != "noise_max" else "noise"):
-        resolve(DiffMM, {field: value})
+    check_config_names_field(DiffMMConfig, field, value, DiffMM, match="noise" if field == "noise_max" else None)
 
 
 def test_tunable_ranges():
     from prismrec.train.hpo import search_space
-    names = {p.name for p in search_space("diffmm")}
-    assert {"reg_weight", "cl_weight", "temperature", "keep_rate", "gc_weight", "denoise_learning_rate"} <= names
+    check_tunable("diffmm", {"reg_weight", "cl_weight", "temperature", "keep_rate", "gc_weight",
+                             "denoise_learning_rate"})
     lr = {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}
     assert "learning_rate" in {p.name for p in search_space("diffmm", extra_space=lr)}
-
-
-@pytest.mark.parametrize("plugin", ["befa", "erl"])
-def test_trains_with_feature_plugins(tiny, plugin):
-    check_trains_with_plugin("diffmm", tiny, plugin, hidden_dim=16)
-
-
-def test_serve_round_trip(tiny, tmp_path):
-    check_serve_round_trip("diffmm", tiny, tmp_path, hidden_dim=16)

@@ -6,13 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prismrec import Recommender
 from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import hypergraph_conv
 from prismrec.models import build_model
 from prismrec.models.layers import info_nce_all
 from prismrec.models.lgmrec import LGMRecConfig
-from tests.models.helpers import assert_loss_and_grads_match
+from tests.models.helpers import assert_loss_and_grads_match, check_config_names_field, check_learns_beyond_popularity
 
 F32 = LGMRecConfig(feature_precision="float32", cl_precision="float32", cl_weight=0.1, reg_weight=1e-3)
 
@@ -135,14 +134,8 @@ def test_any_number_of_modalities(fixture, request):
 def test_config_errors_name_the_field():
     for field, value in [("keep_rate", 0.0), ("hyper_num", 0), ("num_mm_layers", 0), ("alpha", -1.0),
                          ("temperature", 0.0), ("cl_precision", "half"), ("num_ui_layers", -1)]:
-        with pytest.raises(ValueError, match=field):
-            LGMRecConfig(**{field: value})
+        check_config_names_field(LGMRecConfig, field, value)
 
 
 def test_learns_beyond_popularity(tiny, tmp_path):
-    pop = Recommender("pop").fit(tiny, show_progress=False).metrics["test"]["recall@20"]
-    rec = Recommender("lgmrec", epochs=10, batch_size=256, learning_rate=1e-2).fit(tiny, run_dir=tmp_path,
-                                                                                   show_progress=False)
-    assert rec.metrics["test"]["recall@20"] > pop + 0.03
-    loaded = Recommender.load(tmp_path)
-    np.testing.assert_allclose(loaded.score(np.arange(6)), rec.score(np.arange(6)), rtol=1e-5, atol=1e-5)
+    check_learns_beyond_popularity("lgmrec", tiny, tmp_path)

@@ -7,14 +7,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec import Recommender
-from prismrec.config import resolve
 from prismrec.data.sampler import PairwiseSampler
-from prismrec.errors import ConfigError
 from prismrec.graphs import bipartite_adjacency, svd_principal_graph
 from prismrec.models import build_model
 from prismrec.models.pgl import PGL, PGLConfig
-from tests.models.helpers import check_serve_round_trip, check_trains_with_plugin
+from tests.models.helpers import check_beats_most_popular, check_config_names_field, check_tunable
 
 F32 = dict(feature_precision="float32")
 
@@ -150,12 +147,7 @@ def test_global_mode_builds_once_and_learns(tiny):
 
 
 def test_learns_beating_most_popular(tiny):
-    rec = Recommender("pgl", epochs=6, batch_size=256, checkpoint=False, learning_rate=0.01, seed=0).fit(
-        tiny, show_progress=False)
-    pop = Recommender("pop", epochs=1, checkpoint=False).fit(tiny, show_progress=False)
-    losses = [h["loss"] for h in rec.result.history]
-    assert losses[-1] < losses[0] - 0.1
-    assert rec.result.best_valid["recall@20"] > pop.result.best_valid["recall@20"] + 0.2
+    check_beats_most_popular("pgl", tiny)
 
 
 def test_modality_contributions_sum_to_the_score(tiny):
@@ -177,22 +169,8 @@ def test_lr_decay(tiny):
                                          ("dropout", 1.0), ("knn_k", 0), ("num_ui_layers", -1),
                                          ("temperature", 0.0), ("reg_weight", -1.0), ("feature_precision", "fp8")])
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        PGLConfig(**{field: value})
-    with pytest.raises(ConfigError, match=field):
-        resolve(PGL, {field: value})
+    check_config_names_field(PGLConfig, field, value, PGL)
 
 
 def test_tunable_ranges():
-    from prismrec.train.hpo import search_space
-    names = {p.name for p in search_space("pgl")}
-    assert {"mode", "keep_ratio", "dropout", "reg_weight", "learning_rate"} <= names
-
-
-@pytest.mark.parametrize("plugin", ["befa", "erl"])
-def test_trains_with_feature_plugins(tiny, plugin):
-    check_trains_with_plugin("pgl", tiny, plugin)
-
-
-def test_serve_round_trip(tiny, tmp_path):
-    check_serve_round_trip("pgl", tiny, tmp_path)
+    check_tunable("pgl", {"mode", "keep_ratio", "dropout", "reg_weight", "learning_rate"})

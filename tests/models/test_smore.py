@@ -6,15 +6,13 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec import Recommender
-from tests.models.helpers import check_serve_round_trip, check_trains_with_plugin
-from prismrec.config import resolve
 from prismrec.data.sampler import PairwiseSampler
-from prismrec.errors import ConfigError
 from prismrec.graphs import union_max
 from prismrec.models import build_model
 from prismrec.models.layers import SpectralFilter, spectrum
 from prismrec.models.smore import SMORE, SMOREConfig
+from tests.models.helpers import (assert_matches_dense_reference, check_beats_most_popular, check_config_names_field,
+                                  check_tunable)
 
 
 def _model(ds, **cfg):
@@ -96,11 +94,7 @@ def test_batch_rows_loss_and_gradients_match_dense_reference(fixture, request):
            + c.reg_weight * ((u ** 2).sum() + (p ** 2).sum() + (q ** 2).sum()) / 2 / c.reg_batch_size
            + c.cl_weight * (nce(e_s[n + batch.pos_items], e_id[n + batch.pos_items])
                             + nce(e_s[batch.users], e_id[batch.users])))
-    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads, torch.autograd.grad(ref, params)):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
-    with model.scoring():
-        torch.testing.assert_close(model.score(torch.arange(4)), (e[:4] @ e[n:].T).detach(), atol=1e-5, rtol=1e-5)
+    assert_matches_dense_reference(model, loss, grads, ref, params, e, n_scored=4)
 
 
 def test_preference_dropout_only_in_training(tiny):
@@ -113,33 +107,14 @@ def test_preference_dropout_only_in_training(tiny):
 
 def test_lr_decay_and_learns_beating_most_popular(tiny):
     assert _model(tiny).lr_factor(50) == pytest.approx(0.96)
-    rec = Recommender("smore", epochs=6, batch_size=256, checkpoint=False, learning_rate=0.01, seed=0).fit(
-        tiny, show_progress=False)
-    pop = Recommender("pop", epochs=1, checkpoint=False).fit(tiny, show_progress=False)
-    losses = [h["loss"] for h in rec.result.history]
-    assert losses[-1] < losses[0] - 0.1
-    assert rec.result.best_valid["recall@20"] > pop.result.best_valid["recall@20"] + 0.2
+    check_beats_most_popular("smore", tiny)
 
 
 @pytest.mark.parametrize("field,value", [("knn_k", 0), ("num_ui_layers", -1), ("dropout", 1.0),
                                          ("temperature", 0.0), ("cl_precision", "fp8")])
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        SMOREConfig(**{field: value})
-    with pytest.raises(ConfigError, match=field):
-        resolve(SMORE, {field: value})
+    check_config_names_field(SMOREConfig, field, value, SMORE)
 
 
 def test_tunable_ranges():
-    from prismrec.train.hpo import search_space
-    names = {p.name for p in search_space("smore")}
-    assert {"num_ui_layers", "knn_k", "reg_weight", "dropout", "cl_weight"} <= names
-
-
-@pytest.mark.parametrize("plugin", ["befa", "erl"])
-def test_trains_with_feature_plugins(tiny, plugin):
-    check_trains_with_plugin("smore", tiny, plugin)
-
-
-def test_serve_round_trip(tiny, tmp_path):
-    check_serve_round_trip("smore", tiny, tmp_path)
+    check_tunable("smore", {"num_ui_layers", "knn_k", "reg_weight", "dropout", "cl_weight"})
