@@ -440,3 +440,132 @@ class SpectralFilter(torch.nn.Module):
         for s in spectra[1:]:
             prod = prod * s
         return torch.fft.irfft(prod * torch.view_as_complex(self.weight), n=self.dim, dim=1, norm="ortho")
+
+
+# ---------------------------------------------------------------------------------------------
+# graded-neighbour alignment (DA-MRS's alignment guided by item relations)
+# ---------------------------------------------------------------------------------------------
+def topk_indices(x: torch.Tensor, k: int, width: int | None = None) -> torch.Tensor:
+    """Column indices of each row's ``k`` largest entries of ``x`` ``[rows, n]`` (no gradient;
+    in no particular order; ties may pick other columns than ``torch.topk``).
+
+    The columns are split into ``width`` classes ``j, j + width, j + 2·width, ...``: the ``k``
+    largest entries of a row lie in the ``k`` classes with the largest maxima (a class outside
+    them would need ``k`` larger entries elsewhere), so only those classes' entries (and the
+    ragged last columns) are ranked. The default ``width`` is about ``sqrt(n·k)``, which makes
+    both rankings about as long. On CPU about 2.5x faster than ``topk`` for 10 of 7,050
+    columns, which is where DA-MRS spends its time.
+    """
+    rows, n = x.shape
+    if width is None:
+        width = n // max(1, round((n / max(k, 1)) ** 0.5))
+    per = n // width
+    if width <= k or per < 1:
+        return x.topk(k, dim=1).indices
+    main = x[:, : per * width].view(rows, per, width)
+    best = main.amax(1).topk(k, dim=1).indices                                       # [rows, k] classes
+    cand = main.gather(2, best[:, None, :].expand(rows, per, k)).reshape(rows, per * k)
+    pos = (torch.arange(per, device=x.device)[None, :, None] * width + best[:, None, :]).reshape(rows, per * k)
+    if per * width < n:
+        cand = torch.cat([cand, x[:, per * width:]], 1)
+        pos = torch.cat([pos, torch.arange(per * width, n, device=x.device).expand(rows, -1)], 1)
+    return pos.gather(1, cand.topk(k, dim=1, sorted=False).indices)
+
+
+def graded_neighbours(sims: list[torch.Tensor], n: int = 10) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pseudo-positives of each view from every view's similarities (no gradient).
+
+    With ``P_v = softmax(S_v)`` row-wise for each view ``v``, view ``v``'s strong positives are
+    the top ``n`` of ``P_v + Σ_w P_w`` (items every view, and ``v`` twice, finds close) and its
+    weak positives the top ``n`` of ``P_v`` among the rest.
+
+    Args:
+        sims: one ``[B, I]`` similarity matrix per view (queries × all items).
+
+    Returns:
+        ``(strong [B, n], weak [B, n])`` item indices per view.
+    """
+    with torch.no_grad():
+        probs = [torch.softmax(s, dim=1) for s in sims]
+        total = probs[0].clone()
+        for p in probs[1:]:
+            total += p
+        out = []
+        for p in probs:
+            strong = topk_indices(total + p, n)
+            weak = topk_indices(p.scatter_(1, strong, 0.0), n)  # p is not read again
+            out.append((strong, weak))
+    return out
+
+
+def graded_neighbour_contrast(qs: list[torch.Tensor], keys: list[torch.Tensor], n: int = 10,
+                              temperature: float = 0.2, block_rows: int = 128, eps: float = 1e-9) -> torch.Tensor:
+    """DA-MRS's alignment guided by graded item relations, averaged over views and queries:
+
+    .. math::
+        \\frac{1}{VB} \\sum_{v, b} -\\log\\Big(\\frac{\\sum_{j \\in P_{vb}} e_{vbj}}{\\sum_j e_{vbj}} + \\epsilon\\Big)
+        - \\log\\Big(\\frac{\\sum_{j \\in W_{vb}} e_{vbj}}{\\sum_{j \\notin P_{vb}} e_{vbj}} + \\epsilon\\Big),
+        \\quad e_{vbj} = \\exp(q_{vb} \\cdot k_{vj} / \\tau)
+
+    with the strong ``P`` and weak ``W`` positives of :func:`graded_neighbours` (computed from
+    ``q_v k_vᵀ`` of all views, without gradient): strong positives against all keys, weak ones
+    against all but the strong. ``qs`` and ``keys`` are used as given (unit rows give cosines).
+
+    All of it runs ``block_rows`` queries at a time, every view together, so the ``[rows, I]``
+    similarities, their softmax, exponentials and gradient stay in cache; the gradients of
+    ``qs`` and ``keys`` are formed in the same pass (the backward only scales them). No double
+    backward.
+
+    Shapes:
+        qs: V tensors [B, d]; keys: V tensors [I, d].
+    """
+    if len(qs) != len(keys) or not qs:
+        raise ValueError(f"one key table per query table, got {len(qs)} and {len(keys)}")
+    return _GradedContrast.apply(n, temperature, block_rows, eps, *qs, *keys)
+
+
+class _GradedContrast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, n, temperature, block_rows, eps, *tensors):
+        views = len(tensors) // 2
+        qs, keys = tensors[:views], tensors[views:]
+        size = qs[0].shape[0]
+        grad_q = [torch.empty_like(q) for q in qs]
+        grad_k = [torch.zeros_like(k) for k in keys]
+        total = qs[0].new_zeros(())
+        for s in range(0, size, block_rows):
+            e = min(s + block_rows, size)
+            sims = [q[s:e] @ k.T for q, k in zip(qs, keys)]              # [rows, I] per view
+            for v, (strong, weak) in enumerate(graded_neighbours(sims, n)):
+                loss, g = _two_level_rows(sims[v], strong, weak, temperature, eps)
+                total += loss
+                torch.mm(g, keys[v], out=grad_q[v][s:e])
+                grad_k[v].addmm_(g.T, qs[v][s:e])
+        scale = 1.0 / (views * size)
+        ctx.scale = scale
+        ctx.save_for_backward(*grad_q, *grad_k)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None, None, None, None, *(t * (g * ctx.scale) for t in ctx.saved_tensors))
+
+
+def _two_level_rows(sims: torch.Tensor, strong: torch.Tensor, weak: torch.Tensor, temperature: float,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-level contrast summed over the rows of ``sims`` ``[rows, I]`` (overwritten) and its
+    gradient with respect to ``sims``."""
+    e = sims.div_(temperature).exp_()
+    e_strong, e_weak = e.gather(1, strong), e.gather(1, weak)
+    total, hit, soft = e.sum(1), e_strong.sum(1), e_weak.sum(1)
+    rest = total - hit
+    a, b = hit / total, soft / rest
+    loss = (-(a + eps).log() - (b + eps).log()).sum()
+    # a = hit/total, b = soft/(total - hit): the loss's derivatives by the three sums, times ∂e/∂s = e/τ
+    da, db = -1.0 / (a + eps) / temperature, -1.0 / (b + eps) / temperature
+    d_hit = da / total + db * soft / rest**2
+    d_total = -da * hit / total**2 - db * soft / rest**2
+    g = e.mul_(d_total[:, None])
+    g.scatter_add_(1, strong, e_strong * d_hit[:, None])
+    g.scatter_add_(1, weak, e_weak * (db / rest)[:, None])
+    return loss, g
