@@ -144,20 +144,21 @@ def _json_edit(name, fn):
     return edit
 
 
-def _np_edit(name, fn):
+def _tensors_edit(name, fn, load, save):
+    """An edit of the safetensors file ``name``: ``load`` its tensors, ``fn`` changes them in place, ``save``."""
     def edit(path):
-        t = load_np(str(path / name))
+        t = load(str(path / name))
         fn(t)
-        save_np(t, str(path / name))
+        save(t, str(path / name))
     return edit
+
+
+def _np_edit(name, fn):
+    return _tensors_edit(name, fn, load_np, save_np)
 
 
 def _pt_edit(name, fn):
-    def edit(path):
-        t = load_pt(str(path / name))
-        fn(t)
-        save_pt(t, str(path / name))
-    return edit
+    return _tensors_edit(name, fn, load_pt, save_pt)
 
 
 def _write(name, data: bytes):
