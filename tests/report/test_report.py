@@ -1,9 +1,7 @@
 """The HTML report: self-contained, its tables and plots; rendered in headless Chromium."""
 import json
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +10,7 @@ from prismrec import Recommender
 from prismrec.cli import app
 from prismrec.errors import PrismrecError
 from prismrec.report import build_report, load_run, modality_signals
+from tests.browser import artifacts_dir, chromium, needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -78,35 +77,17 @@ def test_cli(runs, tmp_path):
     assert res.exit_code == 2 and "not a run directory" in res.output
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+@needs_chromium
 def test_renders_in_headless_chromium(report, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
     from PIL import Image
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1600",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
-    try:
-        driver.set_page_load_timeout(30)
+    with chromium(tmp_path / "profile", window="1280,1600") as driver:
         driver.get(report.resolve().as_uri())
         widths = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
         assert len(widths) == 6
         assert all(done and natural > 100 and shown > 100 for done, natural, shown in widths), widths
-        artifacts = Path(os.environ.get("PRISMREC_TEST_ARTIFACTS", tmp_path))
-        artifacts.mkdir(parents=True, exist_ok=True)
-        shot = artifacts / "report.png"
+        shot = artifacts_dir(tmp_path) / "report.png"
         driver.save_screenshot(str(shot))
-    finally:
-        driver.quit()
     img = Image.open(shot).convert("L")
     hist = img.histogram()
     non_white = 1 - sum(hist[245:]) / sum(hist)
