@@ -99,8 +99,9 @@ def _static_model_list() -> list[tuple[str, bool, str]] | None:
     """``(name, uses_features, description)`` of the built-in models, read from their source files
     without importing them (importing the models imports torch: ~1.5 s before anything prints).
 
-    Reads each ``@register``-decorated class's literal ``name``, ``description`` and
-    ``uses_features`` (inherited from a base class of the models package where not set). Returns
+    Reads each ``@register``-decorated class's literal name (the decorator's argument or the
+    ``name`` attribute), ``description`` and ``uses_features`` (inherited from a base class of
+    the models package where not set). Returns
     ``None`` when a file holds anything else for these (the caller then imports the registry);
     ``tests/test_cli.py`` checks the result against the registry.
     """
@@ -126,8 +127,16 @@ def _static_model_list() -> list[tuple[str, bool, str]] | None:
                         return None
             bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "?"
                      for b in node.bases]
-            registered = any((d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "register"
-                             for d in node.decorator_list)
+            registered = False
+            for d in node.decorator_list:  # @register, or @register("name") which names the class
+                fn = d.func if isinstance(d, ast.Call) else d
+                if (fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", None)) != "register":
+                    continue
+                registered = True
+                if isinstance(d, ast.Call):
+                    if len(d.args) != 1 or not isinstance(d.args[0], ast.Constant):
+                        return None
+                    attrs["name"] = d.args[0].value
             classes[node.name] = (bases, attrs, registered)
 
     def lookup(cls: str, key: str, seen=()):

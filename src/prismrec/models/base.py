@@ -35,13 +35,14 @@ class ModelConfig(Checked):
 class Model(nn.Module):
     """Base class of every recommender.
 
-    Subclasses set ``name``, ``description``, ``Config`` and implement ``setup``, ``loss`` and
-    either ``embeddings`` (dot-product models; ``score`` then comes for free) or ``score``.
+    Subclasses are registered with ``@register("name")``, set ``description`` and ``Config``, and
+    implement ``setup``, ``loss`` and either ``embeddings`` (dot-product models; ``score`` then
+    comes for free) or ``score``.
 
     Class attributes:
         sampler: ``"pairwise"`` (user, pos, neg) batches or ``"users"`` batches of users.
         uses_features: the model reads modality features (plug-ins such as BeFA apply to it).
-        min_modalities: how many modalities it needs at least.
+        min_modalities: how many modalities it needs at least (default: 1 where it reads features).
         train_defaults: training-config defaults that differ from MMRec's (e.g. learning rate).
     """
 
@@ -50,7 +51,7 @@ class Model(nn.Module):
     Config: ClassVar[type] = ModelConfig
     sampler: ClassVar[str] = "pairwise"
     uses_features: ClassVar[bool] = False
-    min_modalities: ClassVar[int] = 0
+    min_modalities: ClassVar[int | None] = None
     train_defaults: ClassVar[dict] = {}
     trainable: ClassVar[bool] = True
 
@@ -58,8 +59,9 @@ class Model(nn.Module):
         super().__init__()
         self.config = config if config is not None else self.Config()
         self.n_users, self.n_items = dataset.n_users, dataset.n_items
-        if len(dataset.features) < self.min_modalities:
-            raise DataError(f"model '{self.name}' needs at least {self.min_modalities} modality feature "
+        need = self.min_modalities if self.min_modalities is not None else int(self.uses_features)
+        if len(dataset.features) < need:
+            raise DataError(f"model '{self.name}' needs at least {need} modality feature "
                             f"file(s), dataset '{dataset.name}' has {dataset.modalities or 'none'}")
         self.modalities = list(dataset.features) if self.uses_features else []
         for m in self.modalities:  # non-persistent: bundles store features once, not in the weights
@@ -166,17 +168,25 @@ class Model(nn.Module):
             self._cache = (u, i, i.T.contiguous())
 
     @contextlib.contextmanager
-    def scoring(self):
-        """Eval mode + no grad + cached embeddings, restored afterwards."""
+    def evaluating(self):
+        """Eval mode + no grad, the previous mode restored afterwards."""
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                self.prepare_scoring()
                 yield self
         finally:
-            self._cache = None
             self.train(was_training)
+
+    @contextlib.contextmanager
+    def scoring(self):
+        """Eval mode + no grad + cached embeddings, restored afterwards."""
+        with self.evaluating():
+            try:
+                self.prepare_scoring()
+                yield self
+            finally:
+                self._cache = None
 
     def extra_repr(self) -> str:
         return repr(self.config)
@@ -215,12 +225,21 @@ def adam(params, learning_rate: float, weight_decay: float = 0.0) -> torch.optim
     return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay, fused=True)
 
 
-def register(cls: type[Model]) -> type[Model]:
-    """Class decorator: make the model available by ``cls.name``."""
-    if not cls.name or cls.name != cls.name.lower():
-        raise ValueError(f"model name must be lower-case and non-empty, got {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
+def register(name_or_cls):
+    """Class decorator: make a model available by name.
+
+    ``@register("vbpr")`` names the class (as ``@register_plugin("befa")`` names a plug-in);
+    bare ``@register`` uses the class's own ``name`` attribute.
+    """
+    def add(cls: type[Model], name: str) -> type[Model]:
+        if not name or name != name.lower():
+            raise ValueError(f"model name must be lower-case and non-empty, got {name!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    if isinstance(name_or_cls, str):
+        return lambda cls: add(cls, name_or_cls)
+    return add(name_or_cls, name_or_cls.name)
 
 
 def get_model_class(name: str) -> type[Model]:

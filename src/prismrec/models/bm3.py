@@ -7,25 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import chunked_rows, emb_loss
+from prismrec.models.layers import chunked_rows, emb_loss, xavier_param
 
 
 @dataclass(frozen=True)
 class BM3Config(ModelConfig):
-    embedding_dim: int = 64
-    num_layers: int = tunable(1, 1, 2)                                          # MMRec n_layers {1, 2}
-    reg_weight: float = tunable(0.1, 0.01, 0.1, log=True, choices=(0.1, 0.01))
-    dropout: float = tunable(0.5, 0.3, 0.5, choices=(0.3, 0.5))                 # target-view dropout
-    cl_weight: float = 2.0                                                      # weight of the modality losses
-
-    def __post_init__(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+    embedding_dim: PosInt = 64
+    num_layers: NonNegInt = tunable(1, 1, 2)                                    # MMRec n_layers {1, 2}
+    reg_weight: NonNegFloat = tunable(0.1, 0.01, 0.1, log=True, choices=(0.1, 0.01))
+    dropout: Rate = tunable(0.5, 0.3, 0.5, choices=(0.3, 0.5))                  # target-view dropout
+    cl_weight: NonNegFloat = 2.0                                                # weight of the modality losses
 
 
 def _neg_cos(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -33,7 +27,7 @@ def _neg_cos(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
 
 
-@register
+@register("bm3")
 class BM3(Model):
     """Bootstrapped multimodal recommendation: no negatives, a dropout target view and a predictor.
 
@@ -59,16 +53,14 @@ class BM3(Model):
         E_U [n_users, d]; E_I [n_items, d]; W_m [d_m, d]; p: [d, d].
     """
 
-    name = "bm3"
     description = "BM3: self-supervised bootstrap of graph and modality views, no negative sampling"
     Config = BM3Config
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         d = self.config.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb = xavier_param(self.n_users, d)
+        self.item_emb = xavier_param(self.n_items, d)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
         self.proj = nn.ModuleDict({m: nn.Linear(dim, d) for m, dim in self.feature_dims().items()})

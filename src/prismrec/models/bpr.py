@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from prismrec.config import tunable
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, emb_loss
+from prismrec.models.layers import bpr_loss, dot, emb_loss, xavier_param
 
 
 @dataclass(frozen=True)
@@ -17,7 +14,7 @@ class BPRConfig(ModelConfig):
     reg_weight: float = tunable(1e-4, 1e-6, 1e-1, log=True)  # MMRec grid {1e-5..1e-1}
 
 
-@register
+@register("bpr")
 class BPR(Model):
     """Matrix factorisation trained with the BPR loss.
 
@@ -31,14 +28,13 @@ class BPR(Model):
         user embeddings [n_users, d], item embeddings [n_items, d].
     """
 
-    name = "bpr"
     description = "Matrix factorisation with the BPR pairwise loss (ID only)"
     Config = BPRConfig
 
     def setup(self, dataset):
         d = self.config.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb = xavier_param(self.n_users, d)
+        self.item_emb = xavier_param(self.n_items, d)
 
     def loss(self, batch):
         u, p, n = self.user_emb[batch.users], self.item_emb[batch.pos_items], self.item_emb[batch.neg_items]

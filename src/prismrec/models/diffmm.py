@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+import typing
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -10,70 +12,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate, sym_normalize
 from prismrec.models.base import JointTable, Model, ModelConfig, adam, register
 from prismrec.models.layers import (
+    Precision,
     betas_from_alpha_bar,
-    check_precision,
     dot,
     info_nce_all,
     resolve_precision,
     timestep_embedding,
+    xavier_param,
 )
 
-CL_PAIRS = ("main", "modalities")
-FEATURE_MAPS = ("linear", "leaky_relu")
+ClPairs = Literal["main", "modalities"]
+FeatureMap = Literal["linear", "leaky_relu"]
+CL_PAIRS, FEATURE_MAPS = typing.get_args(ClPairs), typing.get_args(FeatureMap)
 
 
 @dataclass(frozen=True)
 class DiffMMConfig(ModelConfig):
     # defaults: the official TikTok command (Params.py + `--reg 1e-4 --ssl_reg 1e-2 --trans 1 --e_loss 0.1 --cl_method 1`)
-    embedding_dim: int = 64                                     # latdim
-    num_layers: int = 1                                         # gnn_layer
-    reg_weight: float = tunable(1e-4, 1e-6, 1e-3, log=True)     # reg (on the full ID tables)
-    cl_weight: float = tunable(1e-2, 1e-3, 1e-1, log=True)      # ssl_reg
-    temperature: float = tunable(0.5, 0.1, 1.0)                 # temp
-    cl_pairs: str = "main"          # cl_method 1: modality view vs main view; "modalities": view pairs (0)
-    feature_map: str = "linear"     # trans 1; "leaky_relu": bias-free Xavier matrix + LeakyReLU(0.2) (trans 0)
-    keep_rate: float = tunable(0.5, 0.3, 1.0)                   # keepRate: edge dropout of generated graphs
+    embedding_dim: PosInt = 64                                  # latdim
+    num_layers: NonNegInt = 1                                   # gnn_layer
+    reg_weight: NonNegFloat = tunable(1e-4, 1e-6, 1e-3, log=True)  # reg (on the full ID tables)
+    cl_weight: NonNegFloat = tunable(1e-2, 1e-3, 1e-1, log=True)   # ssl_reg
+    temperature: PosFloat = tunable(0.5, 0.1, 1.0)              # temp
+    cl_pairs: ClPairs = "main"      # cl_method 1: modality view vs main view; "modalities": view pairs (0)
+    feature_map: FeatureMap = "linear"  # trans 1; "leaky_relu": bias-free Xavier matrix + LeakyReLU(0.2) (trans 0)
+    keep_rate: Fraction = tunable(0.5, 0.3, 1.0)                # keepRate: edge dropout of generated graphs
     ris_lambda: float = 0.5                                     # weight of the normalised modal residual
     ris_adj_lambda: float = 0.2                                 # weight of the generated-graph view
-    hidden_dim: int = 1000                                      # dims '[1000]' of the denoiser
-    time_dim: int = 10                                          # d_emb_size
-    denoise_dropout: float = 0.5                                # on the noisy input (Denoise default)
-    steps: int = 5                                              # T
+    hidden_dim: PosInt = 1000                                   # dims '[1000]' of the denoiser
+    time_dim: PosInt = 10                                       # d_emb_size
+    denoise_dropout: Rate = 0.5                                 # on the noisy input (Denoise default)
+    steps: PosInt = 5                                           # T
     noise_scale: float = 0.1
     noise_min: float = 1e-4
     noise_max: float = 0.02
-    rebuild_k: int = 5                                          # generated edges per user and modality
+    rebuild_k: PosInt = 5                                       # generated edges per user and modality
     gc_weight: float = tunable(0.1, 0.01, 1.0, log=True)        # e_loss: graph-alignment term
-    denoise_learning_rate: float = tunable(1e-3, 1e-4, 1e-2, log=True)  # the denoisers' own Adam (code: = lr)
-    denoise_batch_size: int = 1024                              # users per diffusion batch (code: = batch)
-    precision: str = "auto"         # of the denoisers' [B, I] products (bf16 where native; fp32 accumulation)
-    cl_precision: str = "auto"      # of InfoNCE's [B, N] similarity products (exponentials and sums stay fp32)
+    denoise_learning_rate: PosFloat = tunable(1e-3, 1e-4, 1e-2, log=True)  # the denoisers' own Adam (code: = lr)
+    denoise_batch_size: PosInt = 1024                           # users per diffusion batch (code: = batch)
+    precision: Precision = "auto"   # of the denoisers' [B, I] products (bf16 where native; fp32 accumulation)
+    cl_precision: Precision = "auto"  # of InfoNCE's [B, N] similarity products (exponentials and sums stay fp32)
 
-    def __post_init__(self):
-        for name in ("embedding_dim", "hidden_dim", "time_dim", "rebuild_k", "denoise_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 0 < self.keep_rate <= 1:
-            raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
-        if not 0 <= self.denoise_dropout < 1:
-            raise ValueError(f"denoise_dropout must be in [0, 1), got {self.denoise_dropout}")
+    def validate(self):
         if not 0 < self.noise_scale * self.noise_min <= self.noise_scale * self.noise_max < 1:
             raise ValueError("noise_scale * noise_min and noise_scale * noise_max must lie in (0, 1), min <= max")
-        for name in ("temperature", "denoise_learning_rate"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name, allowed in (("cl_pairs", CL_PAIRS), ("feature_map", FEATURE_MAPS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        check_precision(self, "precision", "cl_precision")
 
 
 class Denoiser(nn.Module):
@@ -101,7 +87,7 @@ class Denoiser(nn.Module):
         return self.out(h)                                                       # [B, I]
 
 
-@register
+@register("diffmm")
 class DiffMM(JointTable, Model):
     """Modality-aware graph diffusion: a denoiser per modality regenerates each user's interaction
     vector; its top items form a user-item graph per modality that feeds graph convolution and
@@ -147,11 +133,9 @@ class DiffMM(JointTable, Model):
         x_u, x_t, x̂_0 [B, n_items]; W_x [H, n_items]; W_o [n_items, H].
     """
 
-    name = "diffmm"
     description = "DiffMM: diffusion-generated user-item graph per modality + cross-modal InfoNCE"
     Config = DiffMMConfig
     uses_features = True
-    min_modalities = 1
     train_defaults = {"batch_size": 1024}   # the code's --batch
 
     def setup(self, dataset):
@@ -165,7 +149,7 @@ class DiffMM(JointTable, Model):
         if c.feature_map == "linear":
             self.proj = nn.ModuleDict({m: nn.Linear(dims[m], d) for m in self.modalities})
         else:
-            self.proj = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], d)))
+            self.proj = nn.ParameterDict({m: xavier_param(dims[m], d)
                                           for m in self.modalities})
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         self.denoisers = nn.ModuleDict({m: Denoiser(self.n_items, c.hidden_dim, c.time_dim, c.denoise_dropout)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, NonNegInt, PosInt, UnitFloat, tunable
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
@@ -21,40 +22,26 @@ from prismrec.graphs import (
 )
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import WIDE, check_precision, dot, project_fixed, resolve_precision
+from prismrec.models.layers import WIDE, Precision, dot, project_fixed, resolve_precision, xavier_normal_param
 
 
 @dataclass(frozen=True)
 class DRAGONConfig(ModelConfig):
-    embedding_dim: int = 64         # per-modality representation size (the code's dim_latent)
-    hidden_mult: int = 4            # feature MLP: d_m -> hidden_mult·d -> d
-    num_ui_layers: int = 2          # heterogeneous-graph convolutions (config n_layers; fixed at 2 in the code)
-    num_mm_layers: int = 1          # item-item propagation steps (config n_mm_layers)
-    knn_k: int = 10
-    mm_image_weight: float = 0.1
+    embedding_dim: PosInt = 64      # per-modality representation size (the code's dim_latent)
+    hidden_mult: PosInt = 4         # feature MLP: d_m -> hidden_mult·d -> d
+    num_ui_layers: NonNegInt = 2    # heterogeneous-graph convolutions (config n_layers; fixed at 2 in the code)
+    num_mm_layers: PosInt = 1       # item-item propagation steps (config n_mm_layers)
+    knn_k: PosInt = 10
+    mm_image_weight: UnitFloat = 0.1
     modality_weights: tuple[float, ...] = ()   # explicit item-graph weights in modality order; () = as FREEDOM
-    user_knn_k: int = 40            # co-occurring users sampled per user each epoch (the code's k)
-    aggr_mode: str = "add"          # "add": D^-1/2 A D^-1/2 sums; "mean": neighbour means
-    reg_weight: float = tunable(1e-3, 1e-5, 1e-1, log=True, choices=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5))
+    user_knn_k: PosInt = 40         # co-occurring users sampled per user each epoch (the code's k)
+    aggr_mode: Literal["add", "mean"] = "add"  # "add": D^-1/2 A D^-1/2 sums; "mean": neighbour means
+    reg_weight: NonNegFloat = tunable(1e-3, 1e-5, 1e-1, log=True, choices=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5))
     # precision of the wide feature-MLP products (see MGCNConfig.feature_precision)
-    feature_precision: str = "auto"
-
-    def __post_init__(self):
-        for name in ("embedding_dim", "hidden_mult", "num_mm_layers", "knn_k", "user_knn_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_ui_layers < 0:
-            raise ValueError(f"num_ui_layers must be >= 0, got {self.num_ui_layers}")
-        if not 0.0 <= self.mm_image_weight <= 1.0:
-            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
-        if self.aggr_mode not in ("add", "mean"):
-            raise ValueError(f"aggr_mode must be 'add' or 'mean', got {self.aggr_mode!r}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        check_precision(self, "feature_precision")
+    feature_precision: Precision = "auto"
 
 
-@register
+@register("dragon")
 class DRAGON(Model):
     """Dual representations on a heterogeneous user-item graph plus homogeneous user-user and
     item-item graphs.
@@ -91,11 +78,9 @@ class DRAGON(Model):
         X_m [n_items, d_m]; P_m [n_users, d]; x_m, r_m [n_users + n_items, d]; e_u, e_i [M·d].
     """
 
-    name = "dragon"
     description = "DRAGON: user-user co-occurrence + modality item-item graphs beside the user-item graph"
     Config = DRAGONConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
@@ -105,7 +90,7 @@ class DRAGON(Model):
             import scipy.sparse as sp
             ui, iu = mean_aggregators(dataset.train)
             self.adj = SparseMatrix(sp.bmat([[None, ui.scipy], [iu.scipy, None]], format="csr"), symmetric=False)
-        self.preference = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, d)))
+        self.preference = nn.ParameterDict({m: xavier_normal_param(self.n_users, d)
                                             for m in self.modalities})
         hidden = cfg.hidden_mult * d
         self.mlp_in = nn.ModuleDict({m: nn.Linear(dim, hidden) for m, dim in self.feature_dims().items()})

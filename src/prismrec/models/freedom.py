@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, UnitFloat, tunable
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
@@ -18,33 +18,22 @@ from prismrec.graphs import (
     propagate,
 )
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, chunked_rows, dot
+from prismrec.models.layers import bpr_loss, chunked_rows, dot, xavier_param
 
 IMAGE_NAMES = ("image", "visual")  # the modality that mm_image_weight applies to
 
 
 @dataclass(frozen=True)
 class FREEDOMConfig(ModelConfig):
-    embedding_dim: int = 64
-    feat_embed_dim: int = 64        # modality projection size (MMRec feat_embed_dim)
-    knn_k: int = 10
-    mm_image_weight: float = 0.1
+    embedding_dim: PosInt = 64
+    feat_embed_dim: PosInt = 64     # modality projection size (MMRec feat_embed_dim)
+    knn_k: PosInt = 10
+    mm_image_weight: UnitFloat = 0.1
     modality_weights: tuple[float, ...] = ()  # explicit graph weights in dataset modality order; () = rule below
-    num_mm_layers: int = 1          # item-item propagation steps (MMRec n_mm_layers)
-    num_ui_layers: int = 2          # LightGCN layers (MMRec n_ui_layers)
-    dropout: float = tunable(0.8, 0.8, 0.9, choices=(0.8, 0.9))       # fraction of user-item edges pruned
-    reg_weight: float = tunable(1e-3, 1e-5, 1e-3, log=True, choices=(0.0, 1e-5, 1e-4, 1e-3))
-
-    def __post_init__(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.mm_image_weight <= 1.0:
-            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
-        if self.knn_k < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
-        if self.num_mm_layers < 1 or self.num_ui_layers < 0:
-            raise ValueError(f"num_mm_layers must be >= 1 and num_ui_layers >= 0, got "
-                             f"{self.num_mm_layers} and {self.num_ui_layers}")
+    num_mm_layers: PosInt = 1       # item-item propagation steps (MMRec n_mm_layers)
+    num_ui_layers: NonNegInt = 2    # LightGCN layers (MMRec n_ui_layers)
+    dropout: Rate = tunable(0.8, 0.8, 0.9, choices=(0.8, 0.9))        # fraction of user-item edges pruned
+    reg_weight: NonNegFloat = tunable(1e-3, 1e-5, 1e-3, log=True, choices=(0.0, 1e-5, 1e-4, 1e-3))
 
 
 def modality_weights(modalities: list[str], mm_image_weight: float, explicit: tuple[float, ...] = ()) -> list[float]:
@@ -67,7 +56,7 @@ def modality_weights(modalities: list[str], mm_image_weight: float, explicit: tu
     return [mm_image_weight if m in image else rest for m in modalities]
 
 
-@register
+@register("freedom")
 class FREEDOM(Model):
     """Frozen modality item-item graph + degree-sensitively pruned user-item graph.
 
@@ -94,17 +83,15 @@ class FREEDOM(Model):
         E_U [n_users, d]; E_I [n_items, d]; S sparse [n_items, n_items]; W_m [d_m, d].
     """
 
-    name = "freedom"
     description = "FREEDOM: frozen kNN item graph + degree-pruned user-item LightGCN"
     Config = FREEDOMConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg = self.config
         d = cfg.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb = xavier_param(self.n_users, d)
+        self.item_emb = xavier_param(self.n_items, d)
         self.proj = nn.ModuleDict({m: nn.Linear(dim, cfg.feat_embed_dim) for m, dim in self.feature_dims().items()})
         self.train_matrix = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.full_adj = SparseMatrix(bipartite_adjacency(self.train_matrix), symmetric=True)
@@ -154,13 +141,8 @@ class FREEDOM(Model):
 
     def modality_contributions(self, users, items):
         """Each modality's additive share ``e_u · (w_m S_m S^{L-1} E_I)_i`` of the item-item score part."""
-        was = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                u, _ = self.embeddings()
-                base = propagate(self.mm_adj, self.item_emb, self.config.num_mm_layers - 1, mean=False)
-                return {m: dot(u[users], (SparseMatrix(w * self.mm_graphs[m]) @ base)[items])
-                        for m, w in zip(self.modalities, self.weights)}
-        finally:
-            self.train(was)
+        with self.evaluating():
+            u, _ = self.embeddings()
+            base = propagate(self.mm_adj, self.item_emb, self.config.num_mm_layers - 1, mean=False)
+            return {m: dot(u[users], (SparseMatrix(w * self.mm_graphs[m]) @ base)[items])
+                    for m, w in zip(self.modalities, self.weights)}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, UnitFloat, tunable
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
@@ -24,25 +24,16 @@ from prismrec.models.layers import dot, l2_loss
 
 @dataclass(frozen=True)
 class LATTICEConfig(ModelConfig):
-    embedding_dim: int = 64
-    feat_embed_dim: int = 64                                  # projected features the learned graphs come from
-    num_ui_layers: int = 2                                    # len(weight_size)
-    num_ii_layers: int = 1                                    # config n_layers
-    knn_k: int = 10
-    lambda_coeff: float = 0.9                                 # weight of the fixed raw-feature graph
-    reg_weight: float = tunable(1e-4, 1e-5, 1e-3, log=True)   # MMRec grid {0, 1e-5, 1e-4, 1e-3}
-    reg_batch_size: int = 2048  # the code divides the L2 term by the configured batch size
-    lr_decay: float = 0.96      # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
-    lr_decay_epochs: int = 50
-
-    def __post_init__(self):
-        for name in ("embedding_dim", "feat_embed_dim", "num_ui_layers", "knn_k", "reg_batch_size", "lr_decay_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_ii_layers < 0:
-            raise ValueError(f"num_ii_layers must be >= 0, got {self.num_ii_layers}")
-        if not 0.0 <= self.lambda_coeff <= 1.0:
-            raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
+    embedding_dim: PosInt = 64
+    feat_embed_dim: PosInt = 64                               # projected features the learned graphs come from
+    num_ui_layers: PosInt = 2                                 # len(weight_size)
+    num_ii_layers: NonNegInt = 1                              # config n_layers
+    knn_k: PosInt = 10
+    lambda_coeff: UnitFloat = 0.9                             # weight of the fixed raw-feature graph
+    reg_weight: NonNegFloat = tunable(1e-4, 1e-5, 1e-3, log=True)  # MMRec grid {0, 1e-5, 1e-4, 1e-3}
+    reg_batch_size: PosInt = 2048  # the code divides the L2 term by the configured batch size
+    lr_decay: PosFloat = 0.96   # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
+    lr_decay_epochs: PosInt = 50
 
 
 Edges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows [E], cols [E], values [E]; duplicates add up
@@ -68,7 +59,7 @@ def _spmm(edges: Edges, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x).index_add_(0, rows, vals[:, None] * x[cols])
 
 
-@register
+@register("lattice")
 class LATTICE(JointTable, Model):
     """LightGCN plus item-item propagation over learned modality graphs.
 
@@ -94,11 +85,9 @@ class LATTICE(JointTable, Model):
         [E_u; E_i^{id}] [n_users + n_items, d]; X_m [n_items, d_m]; W_m [d_m, feat_embed_dim]; S sparse [n_items²].
     """
 
-    name = "lattice"
     description = "LATTICE: LightGCN + item-item propagation over learned modality kNN graphs"
     Config = LATTICEConfig
     uses_features = True
-    min_modalities = 1
     train_defaults: ClassVar[dict] = {"learning_rate": 5e-4}
     knn_block_size = 1024  # rows per block of the learned top-k search
 

@@ -1,6 +1,9 @@
 """Losses and layers shared by models (written once, never copied into a model file)."""
 from __future__ import annotations
 
+import typing
+from typing import Literal, NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,16 @@ import torch.nn.functional as F
 def feature_tensor(features: np.ndarray) -> torch.Tensor:
     """A float32 tensor copy of a (read-only) dataset feature array."""
     return torch.from_numpy(np.array(features, dtype=np.float32))
+
+
+def xavier_param(*shape: int) -> torch.nn.Parameter:
+    """A trainable table of ``shape`` drawn Xavier-uniform (MMRec's init of embedding tables)."""
+    return torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(*shape)))
+
+
+def xavier_normal_param(*shape: int) -> torch.nn.Parameter:
+    """A trainable table of ``shape`` drawn Xavier-normal."""
+    return torch.nn.Parameter(torch.nn.init.xavier_normal_(torch.empty(*shape)))
 
 
 def rows_of(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -20,15 +33,9 @@ def rows_of(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return t[index]
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-def check_precision(config, *fields: str) -> None:
-    """Raise ``ValueError`` where one of ``config``'s precision ``fields`` is not in :data:`PRECISIONS`."""
-    for name in fields:
-        value = getattr(config, name)
-        if value not in PRECISIONS:
-            raise ValueError(f"{name} must be auto, float32 or bfloat16, got {value!r}")
+# a config field's type for the precision of wide products (checked by prismrec.config.Checked)
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS = typing.get_args(Precision)
 
 
 def resolve_precision(name: str, device: str = "cpu") -> torch.dtype:
@@ -569,3 +576,33 @@ def _two_level_rows(sims: torch.Tensor, strong: torch.Tensor, weak: torch.Tensor
     g.scatter_add_(1, strong, e_strong * d_hit[:, None])
     g.scatter_add_(1, weak, e_weak * (db / rest)[:, None])
     return loss, g
+
+
+class BatchRows(NamedTuple):
+    """A pairwise batch's distinct users and items as rows of the stacked ``[users; items]`` table.
+
+    Graph models that evaluate a row-wise step (a fuser, a gate) only on the rows a batch needs
+    gather ``rows`` from their propagation and index back with ``user_at`` / ``item_at``.
+    """
+
+    users: torch.Tensor    # distinct users [U]
+    items: torch.Tensor    # distinct items among the positives and negatives [I]
+    rows: torch.Tensor     # [users; n_users + items]: their rows of the stacked table [U + I]
+    user_at: torch.Tensor  # batch position -> index into ``rows`` of its user [B]
+    item_at: torch.Tensor  # position in [pos; neg] -> index into ``rows`` of its item [2B]
+
+
+def batch_rows(batch, n_users: int) -> BatchRows:
+    """The :class:`BatchRows` of a (users, pos_items, neg_items) batch."""
+    users, user_at = torch.unique(batch.users, return_inverse=True)
+    items, item_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
+    return BatchRows(users, items, torch.cat([users, n_users + items]), user_at, item_at + len(users))
+
+
+def user_item_contrast(view: torch.Tensor, base: torch.Tensor, r: BatchRows, temperature: float,
+                       precision: torch.dtype | None = None) -> torch.Tensor:
+    """InfoNCE between two views of a batch's rows, over its positive items (a duplicated positive
+    counts each time) plus over its users: ``view``/``base`` are ``[len(r.rows), d]``."""
+    b = len(r.user_at)
+    return (info_nce_rows(view, base, r.item_at[:b], temperature, precision)
+            + info_nce_rows(view, base, r.user_at, temperature, precision))

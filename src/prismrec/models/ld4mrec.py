@@ -2,60 +2,53 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import typing
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.sparse as sp
+import annotated_types as at
 import torch
 from scipy.sparse.linalg import svds
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import Fraction, PosInt, Rate, tunable
 from prismrec.graphs import SparseMatrix
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.layers import betas_from_alpha_bar, timestep_embedding
 
-T_SAMPLING = ("uniform", "importance", "ema")
-T_IN = ("learned", "first", "vector")
-SCHEDULES = ("closed_form", "clamped")
+TSampling = Literal["uniform", "importance", "ema"]
+TIn = Literal["learned", "first", "vector"]
+Schedule = Literal["closed_form", "clamped"]
+T_SAMPLING, T_IN, SCHEDULES = (typing.get_args(t) for t in (TSampling, TIn, Schedule))
 
 
 @dataclass(frozen=True)
 class LD4MRecConfig(ModelConfig):
-    hidden_dim: int = 128                       # H of C-Net (spec §7 proposes 512; 128 was better on baby-like)
-    num_layers: int = 2                         # conditional residual blocks
-    embedding_dim: int = 64                     # projection of each modality preference
-    dropout: float = tunable(0.1, 0.0, 0.5)     # inside the blocks
-    input_dropout: float = tunable(0.5, 0.0, 0.8)  # on observed x before noising (DiffRec drops its input)
-    steps: int = tunable(5, 2, 50)              # T
-    noise_scale: float = tunable(0.1, 0.01, 1.0, log=True)  # s
-    noise_min: float = 1e-3                     # α_min
-    schedule: str = "closed_form"               # "clamped": the OrangeAI re-implementation's β clamp
+    hidden_dim: PosInt = 128                       # H of C-Net (spec §7 proposes 512; 128 was better on baby-like)
+    num_layers: PosInt = 2                         # conditional residual blocks
+    embedding_dim: PosInt = 64                     # projection of each modality preference
+    dropout: Rate = tunable(0.1, 0.0, 0.5)     # inside the blocks
+    input_dropout: Rate = tunable(0.5, 0.0, 0.8)  # on observed x before noising (DiffRec drops its input)
+    steps: Annotated[int, at.Ge(2)] = tunable(5, 2, 50)          # T
+    noise_scale: Fraction = tunable(0.1, 0.01, 1.0, log=True)  # s
+    noise_min: Annotated[float, at.Interval(gt=0, lt=1)] = 1e-3                 # α_min
+    schedule: Schedule = "closed_form"              # "clamped": the OrangeAI re-implementation's β clamp
     smoothing: float = tunable(0.05, 0.0, 0.2)  # γ of the soft target (0 = hard reconstruction)
     soft_prob: float = 0.0                      # p: observed 1s get the target 0.5 with this probability
-    svd_k: int = tunable(64, 16, 256, log=True)  # rank of the collaborative signal
+    svd_k: PosInt = tunable(64, 16, 256, log=True)  # rank of the collaborative signal
     svd_norm: bool = True                       # SVD of D_u^-½ R D_i^-½ (GF-CF's) instead of R (spec)
     collab_head: bool = True                    # decode the signal through the SVD item factors (ours)
     collab_scale_learned: bool = True           # False: keep that filter's scale fixed at 1
     collab_signal: bool = True                  # ablation switches (paper: each one helps)
     modality_signal: bool = True
-    t_sampling: str = "uniform"                 # "importance": DiffRec √E[L_t²]; "ema": OrangeAI
-    t_in: str = "learned"                       # learned scalar time / "first" step / free "vector"
+    t_sampling: TSampling = "uniform"                # "importance": DiffRec √E[L_t²]; "ema": OrangeAI
+    t_in: TIn = "learned"                       # learned scalar time / "first" step / free "vector"
     forward_free_weight: float = 0.0            # weight of C-Net(x_0, t_in) in the loss (trains t_in)
     input_norm: bool = False                    # L2-normalise x before W_in (DiffRec option)
     latent_noise: bool = True                   # sample W_in ε in H dims (same distribution, I/H cheaper)
     loss_sum: bool = False                      # sum the MSE over items instead of the mean (DiffRec: mean)
     positive_weight: float = tunable(50.0, 1.0, 200.0, log=True)  # w: observed items' MSE weight (ours; 1 = spec)
-
-    def __post_init__(self):
-        for name, allowed in (("t_sampling", T_SAMPLING), ("t_in", T_IN), ("schedule", SCHEDULES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.steps < 2:
-            raise ValueError(f"steps must be >= 2, got {self.steps}")
-        if not 0 < self.noise_scale <= 1 or not 0 < self.noise_min < 1:
-            raise ValueError("noise_scale must be in (0, 1] and noise_min in (0, 1)")
-        if self.svd_k < 1:
-            raise ValueError(f"svd_k must be >= 1, got {self.svd_k}")
 
 
 class CondBlock(nn.Module):
@@ -72,7 +65,7 @@ class CondBlock(nn.Module):
         return h + self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
-@register
+@register("ld4mrec")
 class LD4MRec(Model):
     """Conditional diffusion over a user's interaction vector, with one-step, forward-free inference.
 
@@ -113,11 +106,11 @@ class LD4MRec(Model):
         V_k [n_items, k]; c^{cf} [n_users, k].
     """
 
-    name = "ld4mrec"
     description = "LD4MRec: one-step conditional diffusion on interaction vectors (C-Net, soft targets)"
     Config = LD4MRecConfig
     sampler = "users"
     uses_features = True
+    min_modalities = 0  # without features it is a collaborative-signal-only diffusion model
     train_defaults = {"batch_size": 400}   # users per batch (spec §6: 400-2048)
 
     def setup(self, dataset):

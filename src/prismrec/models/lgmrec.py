@@ -9,54 +9,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, tunable
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, hypergraph_conv, propagate
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     WIDE,
-    check_precision,
+    Precision,
     dot,
     emb_loss,
     info_nce_all,
     project_fixed,
     resolve_precision,
+    xavier_param,
 )
 
 
 @dataclass(frozen=True)
 class LGMRecConfig(ModelConfig):
-    embedding_dim: int = 64            # ID and modality embeddings (embedding_size = feat_embed_dim)
-    num_ui_layers: int = tunable(2, choices=(1, 2, 3))          # LightGCN layers of the local ID view
-    num_mm_layers: int = tunable(2, choices=(1, 2, 3))          # propagation steps of the modality views
-    num_hyper_layers: int = tunable(1, choices=(1, 2))          # hypergraph convolutions (n_hyper_layer)
-    hyper_num: int = tunable(4, choices=(4, 8, 16, 32, 64))     # hyperedges per modality
-    keep_rate: float = tunable(0.5, 0.1, 1.0)                   # dropout keep rate on the memberships
-    alpha: float = tunable(0.3, 0.1, 1.0)                       # weight of the global embeddings
-    cl_weight: float = tunable(1e-4, 1e-6, 1e-2, log=True)
-    reg_weight: float = tunable(1e-6, 1e-8, 1e-4, log=True)
-    temperature: float = 0.2        # the code's tau: Gumbel-softmax and contrastive temperature
+    embedding_dim: PosInt = 64         # ID and modality embeddings (embedding_size = feat_embed_dim)
+    num_ui_layers: NonNegInt = tunable(2, choices=(1, 2, 3))    # LightGCN layers of the local ID view
+    num_mm_layers: PosInt = tunable(2, choices=(1, 2, 3))       # propagation steps of the modality views
+    num_hyper_layers: PosInt = tunable(1, choices=(1, 2))       # hypergraph convolutions (n_hyper_layer)
+    hyper_num: PosInt = tunable(4, choices=(4, 8, 16, 32, 64))  # hyperedges per modality
+    keep_rate: Fraction = tunable(0.5, 0.1, 1.0)                # dropout keep rate on the memberships
+    alpha: NonNegFloat = tunable(0.3, 0.1, 1.0)                 # weight of the global embeddings
+    cl_weight: NonNegFloat = tunable(1e-4, 1e-6, 1e-2, log=True)
+    reg_weight: NonNegFloat = tunable(1e-6, 1e-8, 1e-4, log=True)
+    temperature: PosFloat = 0.2     # the code's tau: Gumbel-softmax and contrastive temperature
     # precision of the wide feature-table products (see MGCNConfig.feature_precision)
-    feature_precision: str = "auto"
+    feature_precision: Precision = "auto"
     # precision of the hypergraph contrast's [batch, all] products (exponentials stay fp32)
-    cl_precision: str = "auto"
-
-    def __post_init__(self):
-        for name in ("embedding_dim", "num_mm_layers", "num_hyper_layers", "hyper_num"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_ui_layers < 0:
-            raise ValueError(f"num_ui_layers must be >= 0, got {self.num_ui_layers}")
-        if not 0.0 < self.keep_rate <= 1.0:
-            raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
-        for name in ("alpha", "cl_weight", "reg_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        check_precision(self, "feature_precision", "cl_precision")
+    cl_precision: Precision = "auto"
 
 
-@register
+@register("lgmrec")
 class LGMRec(JointTable, Model):
     """Local graph embeddings (ID and modality views on the user-item graph) plus global
     hypergraph embeddings.
@@ -96,11 +82,9 @@ class LGMRec(JointTable, Model):
         H_{i,m} [n_items, hyper_num]; H_{u,m} [n_users, hyper_num]; every E_* [n_users + n_items, d].
     """
 
-    name = "lgmrec"
     description = "LGMRec: local user-item graph embeddings + global hypergraph embeddings"
     Config = LGMRecConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
@@ -112,9 +96,9 @@ class LGMRec(JointTable, Model):
         deg = np.asarray(r.sum(axis=1)).ravel().astype(np.float32)
         self.register_buffer("inv_degree", torch.from_numpy(1.0 / (deg + 1e-7))[:, None], persistent=False)
         dims = self.feature_dims()
-        self.trans = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(k, d)))
+        self.trans = nn.ParameterDict({m: xavier_param(k, d)
                                        for m, k in dims.items()})           # W_m
-        self.hyper = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(k, cfg.hyper_num)))
+        self.hyper = nn.ParameterDict({m: xavier_param(k, cfg.hyper_num)
                                        for m, k in dims.items()})           # V_m
         self.drop = nn.Dropout(p=1.0 - cfg.keep_rate)
         low = resolve_precision(cfg.feature_precision) == torch.bfloat16

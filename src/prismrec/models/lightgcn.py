@@ -18,7 +18,7 @@ class LightGCNConfig(ModelConfig):
     reg_weight: float = tunable(1e-4, 1e-6, 1e-2, log=True)   # MMRec grid {1e-2 .. 1e-6}
 
 
-@register
+@register("lightgcn")
 class LightGCN(JointTable, Model):
     """Linear propagation of ID embeddings over the normalised user-item graph.
 
@@ -35,7 +35,6 @@ class LightGCN(JointTable, Model):
         E^{(0)} [n_users + n_items, d]; Â sparse [(n_users + n_items)², ~2·nnz(train)].
     """
 
-    name = "lightgcn"
     description = "LightGCN: linear graph convolution over the user-item graph (ID only)"
     Config = LightGCNConfig
 

@@ -3,41 +3,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrec.config import NonNegInt, PosInt
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, mean_aggregators, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, check_precision, resolve_precision
+from prismrec.models.layers import Precision, bpr_loss, dot, resolve_precision, xavier_param
 
 
 @dataclass(frozen=True)
 class MetaMMFConfig(ModelConfig):
     embedding_dim: int = 64                   # user vector = [fused ; item ID] item vector
-    id_dim: int = 32                          # item ID part; the fusion net outputs embedding_dim - id_dim
-    meta_dim: int = 5                         # s_dim of the meta vector s_i
+    id_dim: PosInt = 32                       # item ID part; the fusion net outputs embedding_dim - id_dim
+    meta_dim: PosInt = 5                      # s_dim of the meta vector s_i
     fusion_hidden: tuple[int, ...] = (1024, 512, 256)
-    pca_dim: int = 64                         # per-modality PCA before fusion (released code: v 64, a 64, t 32)
-    backbone: str = "gcn"                     # "gcn" (2 x GraphSAGE: MetaMMF_GCN), "mf", "lightgcn"
+    pca_dim: PosInt = 64                      # per-modality PCA before fusion (released code: v 64, a 64, t 32)
+    backbone: Literal["gcn", "mf", "lightgcn"] = "gcn"  # "gcn": 2 x GraphSAGE (MetaMMF_GCN)
     dropout: tuple[float, ...] = (0.5, 0.2)   # after GraphSAGE layers 1 and 2
-    cp_rank: int = 0                          # 0: full meta tensors; R > 0: CP-decomposed (light variant)
-    cp_mode: str = "cp"                       # "cp" (true CP) or "released" (the code's rank-1-in-s form)
-    feature_precision: str = "auto"           # fusion-net products in bfloat16 ("auto": where native)
+    cp_rank: NonNegInt = 0                    # 0: full meta tensors; R > 0: CP-decomposed (light variant)
+    cp_mode: Literal["cp", "released"] = "cp"  # true CP, or the released code's rank-1-in-s form
+    feature_precision: Precision = "auto"     # fusion-net products in bfloat16 ("auto": where native)
 
-    def __post_init__(self):
-        if not 0 < self.id_dim < self.embedding_dim:
+    def validate(self):
+        if not self.id_dim < self.embedding_dim:
             raise ValueError(f"id_dim must be in (0, embedding_dim={self.embedding_dim}), got {self.id_dim}")
-        if self.backbone not in ("gcn", "mf", "lightgcn"):
-            raise ValueError(f"backbone must be 'gcn', 'mf' or 'lightgcn', got {self.backbone!r}")
-        if self.cp_mode not in ("cp", "released"):
-            raise ValueError(f"cp_mode must be 'cp' or 'released', got {self.cp_mode!r}")
         if len(self.dropout) != 2 or not all(0 <= p < 1 for p in self.dropout):
             raise ValueError(f"dropout must be two values in [0, 1), got {self.dropout}")
-        check_precision(self, "feature_precision")
-        if min(self.meta_dim, self.pca_dim, *self.fusion_hidden) < 1 or self.cp_rank < 0:
-            raise ValueError("meta_dim, pca_dim, fusion_hidden must be >= 1 and cp_rank >= 0")
+        if min(self.fusion_hidden) < 1:
+            raise ValueError(f"fusion_hidden must be widths >= 1, got {self.fusion_hidden}")
 
 
 def _mm(x, w, bf16):
@@ -65,10 +62,10 @@ class MetaLayer(nn.Module):
             w[:, 1:].uniform_(-1, 1).mul_(math.sqrt(6 / (s_dim + n_in * n_out)))  # released: xavier on [s, in*out]
             self.weight = nn.Parameter(w)
         else:
-            self.M = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_in, n_out)))
-            self.A = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_in, rank)))
-            self.B = nn.Parameter(nn.init.xavier_uniform_(torch.empty(rank, n_out)))
-            self.C = nn.Parameter(nn.init.xavier_uniform_(torch.empty(s_dim, rank)))
+            self.M = xavier_param(n_in, n_out)
+            self.A = xavier_param(n_in, rank)
+            self.B = xavier_param(rank, n_out)
+            self.C = xavier_param(s_dim, rank)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -124,7 +121,7 @@ class SAGE(nn.Module):
         return self.lin_l(ui @ x_i) + self.lin_r(x_u), self.lin_l(iu @ x_u) + self.lin_r(x_i)
 
 
-@register
+@register("metammf")
 class MetaMMF(Model):
     """Item-specific multimodal fusion whose parameters a meta learner generates from the item.
 
@@ -175,11 +172,9 @@ class MetaMMF(Model):
         f_i [n_items, Σ min(d_m, pca_dim)]; users [n_users, d]; items [n_items, d].
     """
 
-    name = "metammf"
     description = "MetaMMF: meta-learned item-specific fusion network, GraphSAGE backbone"
     Config = MetaMMFConfig
     uses_features = True
-    min_modalities = 1
     train_defaults = {"batch_size": 3000, "weight_decay": 1e-6}
 
     def setup(self, dataset):
@@ -199,8 +194,8 @@ class MetaMMF(Model):
             self.blocks[m] = slice(start, start + k)
             start += k
         self.fusion = MetaFusion(start, cfg.embedding_dim - cfg.id_dim, cfg)
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, cfg.embedding_dim)))
-        self.item_id = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, cfg.id_dim)))
+        self.user_emb = xavier_param(self.n_users, cfg.embedding_dim)
+        self.item_id = xavier_param(self.n_items, cfg.id_dim)
         if cfg.backbone == "gcn":
             self.ui, self.iu = mean_aggregators(dataset.train)
             self.sage = nn.ModuleList([SAGE(cfg.embedding_dim), SAGE(cfg.embedding_dim)])

@@ -12,7 +12,7 @@ class MetaMMFCPConfig(MetaMMFConfig):
     cp_rank: int = 16                         # released code: R = 16 in all four layers
 
 
-@register
+@register("metammf-cp")
 class MetaMMFCP(MetaMMF):
     """MetaMMF with CP-decomposed meta tensors (rank ``cp_rank``): the light variant.
 
@@ -24,7 +24,6 @@ class MetaMMFCP(MetaMMF):
     (``T_k = (Σ_r C_{rk}) · AB``).
     """
 
-    name = "metammf-cp"
     description = "MetaMMF light: CP-decomposed meta tensors (rank 16), GraphSAGE backbone"
     Config = MetaMMFCPConfig
 

@@ -6,55 +6,46 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, tunable
 from prismrec.graphs import SparseMatrix, modality_graph, propagate, user_item_views
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
+    Precision,
     TrainableTables,
+    batch_rows,
     bpr_loss,
-    check_precision,
     dot,
-    info_nce_rows,
     l2_loss,
     resolve_precision,
+    user_item_contrast,
 )
 
 
 @dataclass(frozen=True)
 class MGCNConfig(ModelConfig):
-    embedding_dim: int = 64
-    num_ui_layers: int = 2                                    # config n_ui_layers
-    num_ii_layers: int = 1                                    # config n_layers
-    knn_k: int = 10
-    reg_weight: float = tunable(1e-4, 1e-6, 1e-2, log=True)   # λ_E
-    cl_weight: float = tunable(0.01, 1e-3, 0.1, log=True)     # λ_C, MMRec grid {0.001, 0.01, 0.1}
-    temperature: float = 0.2                                  # hard-coded in the code (its tau=0.5 is unused)
-    reg_batch_size: int = 2048  # the code divides the L2 term by the configured batch size, not the actual one
-    lr_decay: float = 0.96      # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
-    lr_decay_epochs: int = 50
+    embedding_dim: PosInt = 64
+    num_ui_layers: PosInt = 2                                 # config n_ui_layers
+    num_ii_layers: NonNegInt = 1                              # config n_layers
+    knn_k: PosInt = 10
+    reg_weight: NonNegFloat = tunable(1e-4, 1e-6, 1e-2, log=True)  # λ_E
+    cl_weight: NonNegFloat = tunable(0.01, 1e-3, 0.1, log=True)    # λ_C, MMRec grid {0.001, 0.01, 0.1}
+    temperature: PosFloat = 0.2                               # hard-coded in the code (its tau=0.5 is unused)
+    reg_batch_size: PosInt = 2048  # the code divides the L2 term by the configured batch size, not the actual one
+    lr_decay: PosFloat = 0.96   # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
+    lr_decay_epochs: PosInt = 50
     # precision of the wide feature-table products: "float32" is MMRec's arithmetic; "bfloat16"
     # multiplies bf16 copies with fp32 accumulation (the table and its update stay fp32); "auto"
     # picks bfloat16 where the hardware has it natively (AVX512-BF16/AMX CPUs, CUDA)
-    feature_precision: str = "auto"
+    feature_precision: Precision = "auto"
     # precision of InfoNCE's [B, B] similarity products (same choices; exponentials and sums stay fp32)
-    cl_precision: str = "auto"
-
-    def __post_init__(self):
-        for name in ("embedding_dim", "num_ui_layers", "knn_k", "reg_batch_size", "lr_decay_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_ii_layers < 0:
-            raise ValueError(f"num_ii_layers must be >= 0, got {self.num_ii_layers}")
-        check_precision(self, "feature_precision", "cl_precision")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    cl_precision: Precision = "auto"
 
 
 def _gate(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
 
 
-@register
+@register("mgcn")
 class MGCN(TrainableTables, JointTable, Model):
     """Multi-view graph convolution with a behaviour-guided purifier and a behaviour-aware fuser.
 
@@ -88,11 +79,9 @@ class MGCN(TrainableTables, JointTable, Model):
         R̂ sparse [n_users, n_items]; every E_* [n_users + n_items, d].
     """
 
-    name = "mgcn"
     description = "MGCN: purified modality item-item views + behaviour-aware fuser + InfoNCE"
     Config = MGCNConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
@@ -146,16 +135,11 @@ class MGCN(TrainableTables, JointTable, Model):
     def loss(self, batch):
         # the fuser works row by row, so it runs only on the batch's users and items, and the
         # users' modality views R̂ Ē_{i,m} are only gathered for the batch's users
-        cfg, b = self.config, len(batch.users)
-        users, u_at = torch.unique(batch.users, return_inverse=True)
-        its, i_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
-        i_at = i_at + len(users)
-        e_id, items = self.propagate(torch.cat([users, self.n_users + its]))  # [R, d], [I, M·d]
-        views = torch.cat([self.user_item_rows(users, items), items[its]])    # [R, M·d]
-        e_mul = self.fuse(e_id, views)
+        cfg, b, r = self.config, len(batch.users), batch_rows(batch, self.n_users)
+        e_id, items = self.propagate(r.rows)                                      # [R, d], [I, M·d]
+        e_mul = self.fuse(e_id, torch.cat([self.user_item_rows(r.users, items), items[r.items]]))
         e = e_id + e_mul
-        u, p, n = e[u_at], e[i_at[:b]], e[i_at[b:]]
+        u, p, n = e[r.user_at], e[r.item_at[:b]], e[r.item_at[b:]]
         reg = l2_loss(u, p, n, denom=cfg.reg_batch_size)
-        cl = (info_nce_rows(e_mul, e_id, i_at[:b], cfg.temperature, self.cl_dtype)  # positive items, duplicates kept
-              + info_nce_rows(e_mul, e_id, u_at, cfg.temperature, self.cl_dtype))  # users
+        cl = user_item_contrast(e_mul, e_id, r, cfg.temperature, self.cl_dtype)
         return bpr_loss(dot(u, p), dot(u, n)) + cfg.reg_weight * reg + cfg.cl_weight * cl

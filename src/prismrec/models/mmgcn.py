@@ -7,27 +7,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, PosInt, tunable
 from prismrec.graphs import SparseMatrix, mean_aggregators
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import bpr_loss, dot, check_precision, resolve_precision
+from prismrec.models.layers import Precision, bpr_loss, dot, resolve_precision, xavier_normal_param
 
 
 @dataclass(frozen=True)
 class MMGCNConfig(ModelConfig):
-    embedding_dim: int = 64
-    num_layers: int = 3          # MMRec's GCN hard-codes three layers (its yaml's n_layers: 2 is never read)
-    latent_dim: int = 256        # MLP width for wide modalities (MMRec: image 4096 -> 256)
-    raw_max_dim: int = 512       # modalities up to this width enter raw (MMRec: text 384 has no MLP)
-    reg_weight: float = tunable(1e-4, 1e-5, 1e-1, log=True)  # MMRec grid {0, 1e-5 .. 1e-1}
+    embedding_dim: PosInt = 64
+    num_layers: PosInt = 3       # MMRec's GCN hard-codes three layers (its yaml's n_layers: 2 is never read)
+    latent_dim: PosInt = 256     # MLP width for wide modalities (MMRec: image 4096 -> 256)
+    raw_max_dim: PosInt = 512    # modalities up to this width enter raw (MMRec: text 384 has no MLP)
+    reg_weight: NonNegFloat = tunable(1e-4, 1e-5, 1e-1, log=True)  # MMRec grid {0, 1e-5 .. 1e-1}
     learn_embeddings: bool = False  # MMRec keeps ID/user-preference tensors outside the optimiser
-    feature_precision: str = "auto"  # wide first-layer products in bfloat16 ("auto": where native)
-
-    def __post_init__(self):
-        for f in ("embedding_dim", "num_layers", "latent_dim", "raw_max_dim"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
-        check_precision(self, "feature_precision")
+    feature_precision: Precision = "auto"  # wide first-layer products in bfloat16 ("auto": where native)
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -65,7 +59,7 @@ class ModalityGCN(nn.Module):
         else:
             self.register_buffer("preference", pref)
         dims = [dim_in] + [d] * (cfg.num_layers - 1)
-        self.conv = nn.ParameterList([nn.Parameter(nn.init.xavier_normal_(torch.empty(k, k))) for k in dims])
+        self.conv = nn.ParameterList([xavier_normal_param(k, k) for k in dims])
         self.lin = nn.ModuleList([nn.Linear(k, d) for k in dims])
         self.comb = nn.ModuleList([nn.Linear(k + d, d) for k in dims])
         for lin in self.lin:
@@ -135,7 +129,7 @@ class ModalityGCN(nn.Module):
         return F.leaky_relu(F.linear(h, comb.weight[:, :k], comb.bias) + x_hat @ comb.weight[:, k:].T)
 
 
-@register
+@register("mmgcn")
 class MMGCN(Model):
     """A graph convolution network per modality over the user-item graph, averaged over modalities.
 
@@ -164,11 +158,9 @@ class MMGCN(Model):
         features [n_items, d_m]; ID embedding [n_users + n_items, d]; output e [n_users + n_items, d].
     """
 
-    name = "mmgcn"
     description = "MMGCN: one GCN per modality on the user-item graph, ID embedding at every layer"
     Config = MMGCNConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg = self.config

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import typing
+from typing import Annotated, Literal
 
 import numpy as np
 import scipy.sparse as sp
+import annotated_types as at
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, UnitFloat, tunable
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
@@ -20,59 +23,36 @@ from prismrec.graphs import (
 )
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import TrainableTables, check_precision, dot, info_nce
+from prismrec.models.layers import Precision, TrainableTables, batch_rows, dot, info_nce
 
-MODES = ("local", "global")
+Mode = Literal["local", "global"]
+MODES = typing.get_args(Mode)
 
 
 @dataclass(frozen=True)
 class PGLConfig(ModelConfig):
     # defaults: MMRec's PGL.yaml (first grid values: reg_weight 0, dropout 0.2, mode local)
-    embedding_dim: int = 64          # per modality: user block and projection (embedding_size = feat_embed_dim)
-    knn_k: int = tunable(10, 5, 20)
-    mm_image_weight: float = tunable(0.1, 0.0, 1.0)
+    embedding_dim: PosInt = 64       # per modality: user block and projection (embedding_size = feat_embed_dim)
+    knn_k: PosInt = tunable(10, 5, 20)
+    mm_image_weight: UnitFloat = tunable(0.1, 0.0, 1.0)
     modality_weights: tuple[float, ...] = ()  # explicit item-graph weights in dataset modality order (see FREEDOM)
-    num_mm_layers: int = 1           # item-item propagation steps (n_mm_layers)
-    num_ui_layers: int = 2           # LightGCN layers on the user-item graph (n_ui_layers)
-    mode: str = tunable("local", choices=MODES)   # principal subgraph: "local" sampling or "global" SVD
-    keep_ratio: float = tunable(0.3, 0.1, 0.9)    # local: fraction of edges kept each epoch (0.3 in the code)
-    svd_rank: int = 64               # global: singular triplets computed (the code uses embedding_size)
-    svd_share: float = 0.25          # global: fraction of them kept in the reconstruction (a quarter in the code)
-    svd_threshold: float = 1e-3      # global: entries below this magnitude are dropped
-    dropout: float = tunable(0.2, 0.0, 0.5)       # on the two views of the contrastive term
-    reg_weight: float = tunable(0.0, choices=(0.0, 1e-4, 1e-3, 1e-2, 0.1))  # weight of the contrastive term
-    temperature: float = 0.2         # hard-coded 0.2 in the code
-    lr_decay: float = 0.96           # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
-    lr_decay_epochs: int = 50
-    feature_precision: str = "auto"  # of the wide feature-table products (see MGCN)
-
-    def __post_init__(self):
-        for name in ("embedding_dim", "knn_k", "svd_rank", "lr_decay_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_mm_layers", "num_ui_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not 0.0 < self.keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        if not 0.0 < self.svd_share <= 0.5:
-            raise ValueError(f"svd_share must be in (0, 0.5], got {self.svd_share}")
-        if self.svd_threshold < 0:
-            raise ValueError(f"svd_threshold must be >= 0, got {self.svd_threshold}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.mm_image_weight <= 1.0:
-            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        check_precision(self, "feature_precision")
+    num_mm_layers: NonNegInt = 1     # item-item propagation steps (n_mm_layers)
+    num_ui_layers: NonNegInt = 2     # LightGCN layers on the user-item graph (n_ui_layers)
+    mode: Mode = tunable("local", choices=MODES)  # principal subgraph: "local" sampling or "global" SVD
+    keep_ratio: Fraction = tunable(0.3, 0.1, 0.9)  # local: fraction of edges kept each epoch (0.3 in the code)
+    svd_rank: PosInt = 64            # global: singular triplets computed (the code uses embedding_size)
+    # global: fraction of them kept in the reconstruction (a quarter in the code)
+    svd_share: Annotated[float, at.Interval(gt=0, le=0.5)] = 0.25
+    svd_threshold: NonNegFloat = 1e-3  # global: entries below this magnitude are dropped
+    dropout: Rate = tunable(0.2, 0.0, 0.5)        # on the two views of the contrastive term
+    reg_weight: NonNegFloat = tunable(0.0, choices=(0.0, 1e-4, 1e-3, 1e-2, 0.1))  # weight of the contrastive term
+    temperature: PosFloat = 0.2      # hard-coded 0.2 in the code
+    lr_decay: PosFloat = 0.96        # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
+    lr_decay_epochs: PosInt = 50
+    feature_precision: Precision = "auto"  # of the wide feature-table products (see MGCN)
 
 
-@register
+@register("pgl")
 class PGL(TrainableTables, Model):
     """Principal graph learning: message passing on a principal subgraph of the user-item graph in
     training and on the complete graph at inference, plus a frozen modality item-item graph.
@@ -112,11 +92,9 @@ class PGL(TrainableTables, Model):
         E_U [n_users, M·d]; f^(m) [n_items, d_m]; W_m [d, d_m]; X, h [n_items, M·d]; S [n_items²].
     """
 
-    name = "pgl"
     description = "PGL: principal (locally sampled / low-rank) user-item subgraph in training + kNN item graph"
     Config = PGLConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
@@ -169,15 +147,13 @@ class PGL(TrainableTables, Model):
         return e[: self.n_users], e[self.n_users:] + h
 
     def loss(self, batch):
-        cfg, b = self.config, len(batch.users)
-        users, u_at = torch.unique(batch.users, return_inverse=True)
-        its, i_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
+        cfg, b, r = self.config, len(batch.users), batch_rows(batch, self.n_users)
         x = self.item_inputs()
         # only the batch's rows of the layer mean and of S^L X (same values as the full products)
-        e = propagate(self._graph(), torch.cat([self.user_emb, x]), cfg.num_ui_layers,
-                      rows=torch.cat([users, self.n_users + its]))
-        items = e[len(users):] + propagate(self.mm_adj, x, cfg.num_mm_layers, mean=False, rows=its)
-        u, p, n = e[u_at], items[i_at[:b]], items[i_at[b:]]
+        e = propagate(self._graph(), torch.cat([self.user_emb, x]), cfg.num_ui_layers, rows=r.rows)
+        e = torch.cat([e[: len(r.users)], e[len(r.users):] + propagate(self.mm_adj, x, cfg.num_mm_layers,
+                                                                        mean=False, rows=r.items)])
+        u, p, n = e[r.user_at], e[r.item_at[:b]], e[r.item_at[b:]]
         loss = -F.logsigmoid(dot(u, p) - dot(u, n)).mean()
         if cfg.reg_weight == 0.0:
             return loss
@@ -187,14 +163,8 @@ class PGL(TrainableTables, Model):
 
     def modality_contributions(self, users, items):
         """Each modality's ``d``-block of the score: ``ē_u^{(m)} · (ē_i + h_i)^{(m)}`` (they sum to the score)."""
-        was = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                u, i = self.embeddings()
-                d = self.config.embedding_dim
-                u, i = u[users], i[items]
-                return {m: dot(u[:, k * d:(k + 1) * d], i[:, k * d:(k + 1) * d])
-                        for k, m in enumerate(self.modalities)}
-        finally:
-            self.train(was)
+        with self.evaluating():
+            u, i = self.embeddings()
+            d = self.config.embedding_dim
+            u, i = u[users], i[items]
+            return {m: dot(u[:, k * d:(k + 1) * d], i[:, k * d:(k + 1) * d]) for k, m in enumerate(self.modalities)}

@@ -7,7 +7,7 @@ import torch
 from prismrec.models.base import Model, register
 
 
-@register
+@register("pop")
 class Pop(Model):
     """Scores each item by its number of training interactions (no training).
 
@@ -15,7 +15,6 @@ class Pop(Model):
         score(users) -> [len(users), n_items], identical rows.
     """
 
-    name = "pop"
     description = "Most popular items (training interaction counts); no learning"
     trainable = False
 

@@ -7,57 +7,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, tunable
 from prismrec.graphs import SparseMatrix, modality_graph, propagate, union_max, user_item_views
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
+    Precision,
     SpectralFilter,
     TrainableTables,
-    check_precision,
+    batch_rows,
     dot,
-    info_nce_rows,
     l2_loss,
     resolve_precision,
     spectrum,
+    user_item_contrast,
 )
 
 
 @dataclass(frozen=True)
 class SMOREConfig(ModelConfig):
     # defaults: MMRec's SMORE.yaml with the Baby settings of ``peers.md`` (n_ui_layers 3, reg 1e-4, k 10, dropout 0.1)
-    embedding_dim: int = 64
-    num_ui_layers: int = tunable(3, 1, 4)                      # n_ui_layers, grid [3, 4]
-    num_ii_layers: int = 1                                     # n_layers
-    knn_k: int = tunable(10, 5, 40)                            # image_knn_k = text_knn_k
-    reg_weight: float = tunable(1e-4, 1e-6, 1e-3, log=True)    # grid [1e-5, 1e-4]
-    dropout: float = tunable(0.1, 0.0, 0.3)                    # dropout_rate, on the preference gates
-    cl_weight: float = tunable(0.01, 1e-3, 0.1, log=True)      # cl_loss
-    temperature: float = 0.2                                   # hard-coded 0.2 in the code
-    reg_batch_size: int = 2048  # the code divides the L2 term by the configured batch size
-    lr_decay: float = 0.96      # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
-    lr_decay_epochs: int = 50
-    feature_precision: str = "auto"   # of the wide feature-table products (see MGCN)
-    cl_precision: str = "auto"        # of InfoNCE's [B, B] similarity products
-
-    def __post_init__(self):
-        for name in ("embedding_dim", "knn_k", "reg_batch_size", "lr_decay_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_ui_layers", "num_ii_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        check_precision(self, "feature_precision", "cl_precision")
+    embedding_dim: PosInt = 64
+    num_ui_layers: NonNegInt = tunable(3, 1, 4)                # n_ui_layers, grid [3, 4]
+    num_ii_layers: NonNegInt = 1                               # n_layers
+    knn_k: PosInt = tunable(10, 5, 40)                         # image_knn_k = text_knn_k
+    reg_weight: NonNegFloat = tunable(1e-4, 1e-6, 1e-3, log=True)  # grid [1e-5, 1e-4]
+    dropout: Rate = tunable(0.1, 0.0, 0.3)                     # dropout_rate, on the preference gates
+    cl_weight: NonNegFloat = tunable(0.01, 1e-3, 0.1, log=True)    # cl_loss
+    temperature: PosFloat = 0.2                                # hard-coded 0.2 in the code
+    reg_batch_size: PosInt = 2048  # the code divides the L2 term by the configured batch size
+    lr_decay: PosFloat = 0.96   # learning_rate_scheduler [0.96, 50]: lr · 0.96^(epoch/50)
+    lr_decay_epochs: PosInt = 50
+    feature_precision: Precision = "auto"   # of the wide feature-table products (see MGCN)
+    cl_precision: Precision = "auto"        # of InfoNCE's [B, B] similarity products
 
 
 def _gate(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
 
 
-@register
+@register("smore")
 class SMORE(TrainableTables, JointTable, Model):
     """Spectrum-based modality fusion: modality features are denoised and fused in the frequency
     domain of the embedding axis, gate the item IDs, are propagated on item-item graphs and
@@ -94,11 +82,9 @@ class SMORE(TrainableTables, JointTable, Model):
         [E_u; E_i] [n_users + n_items, d]; X_m [n_items, d_m]; K [d/2 + 1] complex; S sparse [n_items²].
     """
 
-    name = "smore"
     description = "SMORE: FFT spectral denoising + fusion of modalities, item-item views, modality-aware preference"
     Config = SMOREConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
@@ -151,17 +137,13 @@ class SMORE(TrainableTables, JointTable, Model):
         return e[: self.n_users], e[self.n_users:]
 
     def loss(self, batch):
-        cfg, b = self.config, len(batch.users)
-        users, u_at = torch.unique(batch.users, return_inverse=True)
-        its, i_at = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
-        i_at = i_at + len(users)
-        e_id = propagate(self.adj, self.embedding, cfg.num_ui_layers, rows=torch.cat([users, self.n_users + its]))
+        cfg, b, r = self.config, len(batch.users), batch_rows(batch, self.n_users)
+        e_id = propagate(self.adj, self.embedding, cfg.num_ui_layers, rows=r.rows)     # [R, d]
         items = self.item_views()                                                      # [I, (M+1)·d]
-        user_rows = SparseMatrix(self._user_item_csr[users.numpy()], symmetric=False) @ items
-        e_s = self.side(e_id, torch.cat([user_rows, items[its]]))                      # [R, d]
+        user_rows = SparseMatrix(self._user_item_csr[r.users.numpy()], symmetric=False) @ items
+        e_s = self.side(e_id, torch.cat([user_rows, items[r.items]]))                  # [R, d]
         e = e_id + e_s
-        u, p, n = e[u_at], e[i_at[:b]], e[i_at[b:]]
+        u, p, n = e[r.user_at], e[r.item_at[:b]], e[r.item_at[b:]]
         reg = l2_loss(u, p, n, denom=cfg.reg_batch_size)
-        cl = (info_nce_rows(e_s, e_id, i_at[:b], cfg.temperature, self.cl_dtype)
-              + info_nce_rows(e_s, e_id, u_at, cfg.temperature, self.cl_dtype))
+        cl = user_item_contrast(e_s, e_id, r, cfg.temperature, self.cl_dtype)
         return -F.logsigmoid(dot(u, p) - dot(u, n)).mean() + cfg.reg_weight * reg + cfg.cl_weight * cl

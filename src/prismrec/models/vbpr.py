@@ -6,26 +6,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegFloat, PosInt, tunable
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import rows_of, bpr_loss, dot, emb_loss, check_precision, resolve_precision
+from prismrec.models.layers import Precision, bpr_loss, dot, emb_loss, resolve_precision, rows_of, xavier_param
 
 
 @dataclass(frozen=True)
 class VBPRConfig(ModelConfig):
-    embedding_dim: int = 64
-    reg_weight: float = tunable(1e-4, 1e-5, 2.0, log=True)  # MMRec grid {2.0, 1.0, 1e-1 .. 1e-5}
+    embedding_dim: PosInt = 64
+    reg_weight: NonNegFloat = tunable(1e-4, 1e-5, 2.0, log=True)  # MMRec grid {2.0, 1.0, 1e-1 .. 1e-5}
     # precision of the content projection's inputs: "float32" is MMRec's arithmetic; "bfloat16" keeps
     # a bf16 copy of the features and multiplies with fp32 accumulation (2.5x less time where the
     # CPU has native bf16; same baby-like accuracy, benchmarks/results/baby-like/vbpr*.json);
     # "auto" (default, as MGCN/MMGCN) picks bfloat16 only on such CPUs (AVX512-BF16/AMX) or CUDA
-    feature_precision: str = "auto"
-
-    def __post_init__(self):
-        check_precision(self, "feature_precision")
+    feature_precision: Precision = "auto"
 
 
-@register
+@register("vbpr")
 class VBPR(Model):
     """Matrix factorisation whose item vector also carries a linear projection of its content.
 
@@ -43,16 +40,14 @@ class VBPR(Model):
         e_u [n_users, 2d]; γ [n_items, d]; W [Σ d_m, d].
     """
 
-    name = "vbpr"
     description = "VBPR: MF + linear projection of the concatenated item features"
     Config = VBPRConfig
     uses_features = True
-    min_modalities = 1
 
     def setup(self, dataset):
         d = self.config.embedding_dim
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * d)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.user_emb = xavier_param(self.n_users, 2 * d)
+        self.item_emb = xavier_param(self.n_items, d)
         # one Linear over the concatenated features, stored per modality: W [f1; f2] = W1 f1 + W2 f2,
         # which saves concatenating the batch's feature rows (the dominant copy); same init bound
         dims = self.feature_dims()

@@ -5,6 +5,7 @@ the model contract (features from the dataset, ``loss``/``embeddings``), never a
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -36,6 +37,20 @@ def feature_host(model_cls, plugin: str, verb: str, marker: str):
     if getattr(model_cls, marker, None) is not None:
         raise PrismrecError(f"model '{model_cls.name}' is already wrapped by {plugin}")
     return model_cls
+
+
+def plugin_class(model_cls: type, mixin: type, cold_start: type | None, *, suffix: str, marker: str,
+                 fields: list, doc: str, description: str) -> type:
+    """The class a feature plug-in returns: ``mixin`` (and ``cold_start``, where the host can embed
+    unseen items) placed before ``model_cls`` in the method order, so each ``super()`` call in the
+    mixin reaches the host; its ``Config`` is the host's extended with ``fields`` (frozen, ranges
+    checked like every config); ``marker`` names the host on the class (one wrap per plug-in)."""
+    config = dataclasses.make_dataclass(f"{model_cls.Config.__name__}{suffix}", fields, bases=(model_cls.Config,),
+                                        frozen=True, namespace={"__module__": mixin.__module__})
+    bases = (mixin, cold_start) if cold_start is not None and hasattr(model_cls, "embed_items") else (mixin,)
+    return type(f"{model_cls.__name__}{suffix}", (*bases, model_cls), {
+        "__doc__": f"{model_cls.__name__} {doc}", "__module__": mixin.__module__, "Config": config,
+        "description": f"{model_cls.description} + {description}", marker: model_cls})
 
 
 def _load_all():

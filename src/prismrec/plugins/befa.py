@@ -24,17 +24,21 @@ item embedding owned by the adapter.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prismrec.config import tunable
+from prismrec.config import NonNegInt, PosInt, Rate, tunable
 from prismrec.models.base import Model
-from prismrec.plugins import feature_host, register_plugin
+from prismrec.plugins import feature_host, plugin_class, register_plugin
+from prismrec.models.layers import xavier_param
 
-MODES = ("mask", "project", "residual")
-OUTPUTS = ("raw", "embedding")
+Mode = Literal["mask", "project", "residual"]
+Output = Literal["raw", "embedding"]
+MODES, OUTPUTS = typing.get_args(Mode), typing.get_args(Output)
 
 
 class BeFAAdapter(nn.Module):
@@ -80,35 +84,75 @@ class BeFAAdapter(nn.Module):
         return e if self.back is None else self.back(e)                                     # [B, d_m]
 
 
-def _config_class(host_config: type) -> type:
-    """The host's Config extended with BeFA's fields (frozen, validated)."""
-    def post_init(self):
-        parent = getattr(host_config, "__post_init__", None)
-        if parent is not None:
-            parent(self)
-        if self.befa_expansion_ratio < 1:
-            raise ValueError(f"befa_expansion_ratio must be >= 1, got {self.befa_expansion_ratio}")
-        if not 0.0 <= self.befa_dropout < 1.0:
-            raise ValueError(f"befa_dropout must be in [0, 1), got {self.befa_dropout}")
-        if self.befa_dim < 0:
-            raise ValueError(f"befa_dim must be >= 0 (0 = the host's embedding_dim), got {self.befa_dim}")
-        if self.befa_mode not in MODES:
-            raise ValueError(f"befa_mode must be one of {MODES}, got {self.befa_mode!r}")
-        if self.befa_output not in OUTPUTS:
-            raise ValueError(f"befa_output must be one of {OUTPUTS}, got {self.befa_output!r}")
+# BeFA's config fields, added to the host's Config (ranges checked by prismrec.config.Checked)
+FIELDS = [
+    ("befa_expansion_ratio", PosInt, tunable(4, 1, 8, choices=(1, 2, 4, 8))),  # r, official `layer_times`
+    ("befa_dropout", Rate, tunable(0.3, 0.1, 0.7, choices=(0.1, 0.3, 0.5, 0.7))),  # `dropout_rate`
+    ("befa_dim", NonNegInt, dataclasses.field(default=0)),  # adapted feature size; 0 = host's embedding_dim
+    ("befa_mode", Mode, dataclasses.field(default="mask")),  # "project": no mask; "residual": p + mask part
+    # "raw": map back to the raw feature dimension (works with every host); "embedding": hand the
+    # host the d-dim feature and report d from feature_dims() (cheaper; for hosts that size their
+    # projections by feature_dims() and derive nothing else from features() in setup)
+    ("befa_output", Output, dataclasses.field(default="raw")),
+]
 
-    fields = [
-        ("befa_expansion_ratio", int, tunable(4, 1, 8, choices=(1, 2, 4, 8))),  # r, official `layer_times`
-        ("befa_dropout", float, tunable(0.3, 0.1, 0.7, choices=(0.1, 0.3, 0.5, 0.7))),  # `dropout_rate`
-        ("befa_dim", int, dataclasses.field(default=0)),     # adapted feature size; 0 = host's embedding_dim
-        ("befa_mode", str, dataclasses.field(default="mask")),  # "project": no mask; "residual": p + mask part
-        # "raw": map back to the raw feature dimension (works with every host); "embedding": hand the
-        # host the d-dim feature and report d from feature_dims() (cheaper; for hosts that size their
-        # projections by feature_dims() and derive nothing else from features() in setup)
-        ("befa_output", str, dataclasses.field(default="raw")),
-    ]
-    return dataclasses.make_dataclass(f"{host_config.__name__}BeFA", fields, bases=(host_config,), frozen=True,
-                                      namespace={"__post_init__": post_init, "__module__": __name__})
+
+class BeFAMixin:
+    """What the plug-in adds to its host (mixed in before the host class by :func:`wrap`)."""
+
+    def setup(self, dataset):
+        self._befa_ready = False
+        super().setup(dataset)                      # host reads raw features, draws its usual init
+        c = self.config
+        raw_out = c.befa_output == "raw"
+        self.befa = nn.ModuleDict({m: BeFAAdapter(k, self.befa_dim, c.befa_expansion_ratio, c.befa_dropout,
+                                                  c.befa_mode, out_dim=k if raw_out else None)
+                                   for m, k in self.raw_feature_dims().items()})
+        probe = super().behaviour_embedding(torch.zeros(1, dtype=torch.long))
+        self.befa_owns_behaviour = probe is None or probe.shape[-1] != self.befa_dim
+        if self.befa_owns_behaviour:
+            self.befa_item_emb = xavier_param(self.n_items, self.befa_dim)
+        self._befa_ready = True
+
+    @property
+    def befa_dim(self) -> int:
+        return self.config.befa_dim or getattr(self.config, "embedding_dim", 64)
+
+    def raw_feature_dims(self) -> dict[str, int]:
+        """Modality -> dimension of the raw (unadapted) features."""
+        return Model.feature_dims(self)
+
+    def raw_features(self, modality, items=None):
+        """The features as the host would read them without the plug-in."""
+        return super().features(modality, items)
+
+    def feature_dims(self):
+        if self.config.befa_output == "raw":
+            return super().feature_dims()
+        return {m: self.befa_dim for m in self.modalities}
+
+    def befa_behaviour(self, items=None):
+        """The behaviour embedding gating the adapter ``[len(items), d]``."""
+        if self.befa_owns_behaviour:
+            return self.befa_item_emb if items is None else self.befa_item_emb[items]
+        return super().behaviour_embedding(items)
+
+    def features(self, modality, items=None):
+        raw = super().features(modality, items)
+        if not getattr(self, "_befa_ready", False):
+            return raw
+        return self.befa[modality](raw, self.befa_behaviour(items))
+
+
+class BeFAColdStart:
+    """Cold start, mixed in where the host can embed unseen items."""
+
+    def embed_items(self, features):
+        """Unseen items: adapted with the mean behaviour embedding standing in for their own."""
+        mean = self.befa_behaviour().mean(dim=0, keepdim=True)
+        adapted = {m: self.befa[m](torch.as_tensor(f, dtype=mean.dtype), mean.expand(len(f), -1))
+                   for m, f in features.items()}
+        return super().embed_items(adapted)
 
 
 @register_plugin("befa")
@@ -123,63 +167,6 @@ def wrap(model_cls: type[Model] | str) -> type[Model]:
         ``befa_dropout``, ``befa_dim``, ``befa_mode`` and ``befa_output``.
     """
     model_cls = feature_host(model_cls, "befa", "adapts", "befa_host")
-
-    class BeFAWrapped(model_cls):
-        __doc__ = f"{model_cls.__name__} with BeFA adapters on its modality features.\n\n{__doc__}"
-        Config = _config_class(model_cls.Config)
-        description = f"{model_cls.description} + BeFA adapter"
-        befa_host = model_cls
-
-        def setup(self, dataset):
-            self._befa_ready = False
-            super().setup(dataset)                      # host reads raw features, draws its usual init
-            c = self.config
-            raw_out = c.befa_output == "raw"
-            self.befa = nn.ModuleDict({m: BeFAAdapter(k, self.befa_dim, c.befa_expansion_ratio, c.befa_dropout,
-                                                      c.befa_mode, out_dim=k if raw_out else None)
-                                       for m, k in self.raw_feature_dims().items()})
-            probe = super().behaviour_embedding(torch.zeros(1, dtype=torch.long))
-            self.befa_owns_behaviour = probe is None or probe.shape[-1] != self.befa_dim
-            if self.befa_owns_behaviour:
-                self.befa_item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, self.befa_dim)))
-            self._befa_ready = True
-
-        @property
-        def befa_dim(self) -> int:
-            return self.config.befa_dim or getattr(self.config, "embedding_dim", 64)
-
-        def raw_feature_dims(self) -> dict[str, int]:
-            """Modality -> dimension of the raw (unadapted) features."""
-            return Model.feature_dims(self)
-
-        def raw_features(self, modality, items=None):
-            """The features as the host would read them without the plug-in."""
-            return super().features(modality, items)
-
-        def feature_dims(self):
-            if self.config.befa_output == "raw":
-                return super().feature_dims()
-            return {m: self.befa_dim for m in self.modalities}
-
-        def befa_behaviour(self, items=None):
-            """The behaviour embedding gating the adapter ``[len(items), d]``."""
-            if self.befa_owns_behaviour:
-                return self.befa_item_emb if items is None else self.befa_item_emb[items]
-            return super().behaviour_embedding(items)
-
-        def features(self, modality, items=None):
-            raw = super().features(modality, items)
-            if not getattr(self, "_befa_ready", False):
-                return raw
-            return self.befa[modality](raw, self.befa_behaviour(items))
-
-        if hasattr(model_cls, "embed_items"):
-            def embed_items(self, features):
-                """Unseen items: adapted with the mean behaviour embedding standing in for their own."""
-                mean = self.befa_behaviour().mean(dim=0, keepdim=True)
-                adapted = {m: self.befa[m](torch.as_tensor(f, dtype=mean.dtype), mean.expand(len(f), -1))
-                           for m, f in features.items()}
-                return super().embed_items(adapted)
-
-    BeFAWrapped.__name__ = BeFAWrapped.__qualname__ = f"{model_cls.__name__}BeFA"
-    return BeFAWrapped
+    return plugin_class(model_cls, BeFAMixin, BeFAColdStart, suffix="BeFA", marker="befa_host", fields=FIELDS,
+                        doc=f"with BeFA adapters on its modality features.\n\n{__doc__}",
+                        description="BeFA adapter")

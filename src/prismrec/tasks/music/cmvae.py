@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from prismrec.config import tunable
+from prismrec.config import Checked, PosFloat, PosInt, tunable
 from prismrec.tasks.music.layers import (LOGVAR_RANGE, GaussianEncoder, gaussian_log_density, gaussian_nll,
                                          kl_standard_normal, mlp, product_of_experts, reparameterize,
                                          symmetric_info_nce)
@@ -15,30 +16,22 @@ from prismrec.tasks.music.model import MatchBatch, MatchModel, register
 
 
 @dataclass(frozen=True)
-class CMVAEConfig:
-    latent_dim: int = tunable(64, 16, 256, log=True)      # spec §7 (repo: 20 on MNIST–SVHN)
+class CMVAEConfig(Checked):
+    latent_dim: PosInt = tunable(64, 16, 256, log=True)      # spec §7 (repo: 20 on MNIST–SVHN)
     hidden: tuple[int, ...] = (512, 256)                 # encoder widths; decoders mirror them (spec §3.2)
     converter_dim: int = 128                             # repo feature_dim F
     converter_dropout: float = 0.1                       # repo
     input_dropout: float = tunable(0.2, 0.0, 0.5)        # spec §7
-    align: str = "shared"                                # "shared" (abstract) | "converter" (repo); see class doc
-    objective: str = "elbo"                              # "elbo" (spec §4.2) | "iwae_looser" (§4.1)
-    iw_samples: int = 20                                 # K_iw for iwae_looser (repo)
-    likelihood_scale: float = 0.75                       # fixed Gaussian decoder scale (repo)
+    align: Literal["shared", "converter"] = "shared"                      # "shared" (abstract) | "converter" (repo); see class doc
+    objective: Literal["elbo", "iwae_looser"] = "elbo"                    # "elbo" (spec §4.2) | "iwae_looser" (§4.1)
+    iw_samples: PosInt = 20                              # K_iw for iwae_looser (repo)
+    likelihood_scale: PosFloat = 0.75                      # fixed Gaussian decoder scale (repo)
     beta: float = tunable(1.0, 0.01, 1.0, log=True)      # KL weight, reached after beta_warmup epochs
     beta_warmup: int = 20                                # linear KL annealing 0 -> beta (epochs)
     lambda_cross: float = tunable(1.0, 0.1, 10.0, log=True)
     contrastive_weight: float = 0.0                      # optional in-batch InfoNCE on latent means (off)
-    temperature: float = 0.1
-    score: str = "latent"                                # "latent" | "cosine" | "likelihood" (spec §5)
-
-    def __post_init__(self):
-        for key, allowed in (("align", ("converter", "shared")), ("objective", ("elbo", "iwae_looser")),
-                             ("score", ("latent", "cosine", "likelihood"))):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        if self.latent_dim < 1 or self.iw_samples < 1 or self.likelihood_scale <= 0 or self.temperature <= 0:
-            raise ValueError("latent_dim, iw_samples >= 1 and likelihood_scale, temperature > 0 required")
+    temperature: PosFloat = 0.1
+    score: Literal["latent", "cosine", "likelihood"] = "latent"  # spec §5
 
 
 class Converter(nn.Module):

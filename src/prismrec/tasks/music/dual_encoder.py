@@ -6,23 +6,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from prismrec.config import tunable
+from prismrec.config import Checked, PosFloat, PosInt, Rate, tunable
 from prismrec.tasks.music.layers import mlp, symmetric_info_nce
 from prismrec.tasks.music.model import MatchBatch, MatchModel, register
 
 
 @dataclass(frozen=True)
-class DualEncoderConfig:
-    embedding_dim: int = tunable(64, 16, 256, log=True)
+class DualEncoderConfig(Checked):
+    embedding_dim: PosInt = tunable(64, 16, 256, log=True)
     hidden: tuple[int, ...] = (512, 256)   # same widths as CMVAE's encoders, for a fair comparison
-    dropout: float = tunable(0.2, 0.0, 0.5)
-    temperature: float = tunable(0.07, 0.02, 0.5, log=True)   # CLIP's initial value
+    dropout: Rate = tunable(0.2, 0.0, 0.5)
+    temperature: PosFloat = tunable(0.07, 0.02, 0.5, log=True)   # CLIP's initial value
 
-    def __post_init__(self):
-        if self.embedding_dim < 1 or not self.hidden or min(self.hidden) < 1:
-            raise ValueError("embedding_dim and hidden widths must be >= 1 (hidden non-empty)")
-        if not 0 <= self.dropout < 1 or self.temperature <= 0:
-            raise ValueError("dropout must be in [0, 1) and temperature > 0")
+    def validate(self):
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden must be widths >= 1 (at least one), got {self.hidden}")
 
 
 class Tower(nn.Module):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from prismrec.config import build_config
+from prismrec.config import Checked, PosFloat, PosInt, build_config
 from prismrec.errors import ConfigError, PrismrecError
 from prismrec.tasks.music.data import MusicDataset
 from prismrec.tasks.music.metrics import KS, block_ranks, metrics_from_ranks, similarity
@@ -29,27 +29,22 @@ log = logging.getLogger("prismrec")
 
 
 @dataclass(frozen=True)
-class MusicTrainConfig:
+class MusicTrainConfig(Checked):
     """Settings of the matching loop (AdamW, lr 1e-3, batch 256: the reference code's, spec §4.1)."""
 
-    epochs: int = 100
-    batch_size: int = 256
-    learning_rate: float = 1e-3
+    epochs: PosInt = 100
+    batch_size: PosInt = 256
+    learning_rate: PosFloat = 1e-3
     weight_decay: float = 0.01          # AdamW's default
-    patience: int = 10                  # evaluations without a strictly better valid metric before stopping
+    patience: PosInt = 10                  # evaluations without a strictly better valid metric before stopping
     valid_metric: str = "recall@10"
     eval_ks: tuple[int, ...] = KS
-    eval_block: int = 1024              # videos scored at a time
+    eval_block: PosInt = 1024              # videos scored at a time
     clip_grad_norm: float = 0.0         # 0 = off
     seed: int = 999
     num_threads: int = 0                # 0 = torch's default
 
-    def __post_init__(self):
-        for key in ("epochs", "batch_size", "patience", "eval_block"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+    def validate(self):
         name, _, k = self.valid_metric.partition("@")
         if self.valid_metric not in ("mrr",) and not (name in ("recall", "ndcg") and k.isdigit()):
             raise ValueError(f"valid_metric must be recall@K, ndcg@K or mrr, got {self.valid_metric!r}")
