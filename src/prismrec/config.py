@@ -84,7 +84,12 @@ class Checked:
             for c in bounds:
                 if _violates(c, v):
                     raise ConfigError(f"{name} must be {_bounds_text(c)}, got {v}")
-        self.validate()
+        try:
+            self.validate()
+        except ConfigError:
+            raise
+        except ValueError as e:  # a validate() written with plain ValueError still reads as a config error
+            raise ConfigError(str(e)) from None
 
     def validate(self) -> None:
         """Checks across fields (override); the per-field ranges are already checked."""
