@@ -66,8 +66,10 @@ class DAMRS(JointTable, Model):
     at least 2 users, top 2 per item), the defaults here. Any number of modalities: a pair is a
     candidate when every modality's similarity reaches its mean, and the strong positives of
     view ``v`` rank ``P_v + Σ_w P_w`` (the code's ``P_1 + P_2 + 2P_3`` for three views).
-    Features enter only the graphs (built once from the raw features, so a feature plug-in
-    trains beside it but leaves the graphs as they are). No cold start: items are ID embeddings.
+    (peers.md's MMRec run used a top-200 co-occurrence file: ``behaviour_knn_k=200,
+    behaviour_min_count=1``.) Features enter only the graphs, built once from the raw features
+    in ``setup``: ``--plugin befa`` / ``erl`` train beside the model but cannot change its scores.
+    No cold start: items are ID embeddings.
 
     Shapes:
         E_U [N, d], E_I [I, d]; Â [(N + I)², 2·nnz]; S_v [I, I]; scores [B, I].
