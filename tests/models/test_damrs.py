@@ -174,6 +174,20 @@ def test_graded_contrast_gradcheck_and_blocks():
                                    graded_neighbour_contrast(qs, keys, 3, 0.2, block_rows=100))
 
 
+def test_bfloat16_contrast_products_stay_close():
+    torch.manual_seed(0)
+    keys = [F.normalize(torch.randn(500, 16), dim=1).requires_grad_(True) for _ in range(3)]
+    idx = torch.randperm(500)[:60]
+    out = {}
+    for precision in (None, torch.bfloat16):
+        loss = graded_neighbour_contrast([k[idx] for k in keys], keys, 10, 0.2, block_rows=16, precision=precision)
+        grads = torch.autograd.grad(loss, keys)
+        out[precision] = loss.item(), torch.cat(grads)
+    assert out[torch.bfloat16][0] == pytest.approx(out[None][0], rel=1e-2)
+    a, b = out[None][1], out[torch.bfloat16][1]
+    assert 0 < (a - b).norm() / a.norm() < 0.05
+
+
 @pytest.mark.parametrize("n,k", [(7050, 10), (300, 10), (37, 3), (12, 10), (5, 5)])
 def test_topk_indices_finds_the_k_largest(n, k):
     x = torch.randn(9, n, generator=torch.Generator().manual_seed(n))
@@ -203,7 +217,8 @@ def test_one_and_three_modalities(tiny_one_modality, tiny_three_modalities):
 
 @pytest.mark.parametrize("field,value", [("knn_k", 0), ("num_mm_layers", 0), ("num_ui_layers", -1),
                                          ("behaviour_knn_k", 0), ("behaviour_min_count", 0), ("kl_weight", -1.0),
-                                         ("neighbor_weight", -1.0), ("num_positives", 0), ("temperature", 0.0)])
+                                         ("neighbor_weight", -1.0), ("num_positives", 0), ("temperature", 0.0),
+                                         ("contrast_precision", "fp8")])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         DAMRSConfig(**{field: value})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, tunable
 from prismrec.graphs import SparseMatrix, agreed_knn_graphs, bipartite_adjacency, item_behaviour_graph, propagate
 from prismrec.models.base import JointTable, Model, ModelConfig, register
-from prismrec.models.layers import dot, graded_neighbour_contrast
+from prismrec.models.layers import dot, graded_neighbour_contrast, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class DAMRSConfig(ModelConfig):
     neighbor_weight: NonNegFloat = tunable(1e-3, choices=(1e-4, 1e-3, 1e-2, 0.1, 1.0))  # by item relations (AI)
     num_positives: PosInt = 10        # strong and weak pseudo-positives per item (10 in the code)
     temperature: PosFloat = 0.2       # of the graded-neighbour contrast (0.2 in the code)
+    # the contrast's similarity and gradient products: fp32 (the code's arithmetic) or bf16 inputs with
+    # fp32 accumulation ("auto": bf16 where the CPU multiplies it natively, see MGCN's cl_precision)
+    contrast_precision: Literal["auto", "float32", "bfloat16"] = "float32"
 
 
 @register
@@ -108,7 +112,8 @@ class DAMRS(JointTable, Model):
         keys = [F.normalize(h, dim=1) for h in views]                 # ĥ_v [I, d]
         q = [k[items] for k in keys]                                  # the batch's items [B_i, d]
         # alignment guided by graded item relations
-        ai = graded_neighbour_contrast(q, keys, cfg.num_positives, cfg.temperature)
+        ai = graded_neighbour_contrast(q, keys, cfg.num_positives, cfg.temperature,
+                                       precision=resolve_precision(cfg.contrast_precision))
         # alignment guided by user preference
         content = torch.stack([h[items] for h in views]).mean(0)     # h̄ of the batch's items
         logit_p = e_u @ F.normalize(e_i, dim=1).T

@@ -506,7 +506,8 @@ def graded_neighbours(sims: list[torch.Tensor], n: int = 10) -> list[tuple[torch
 
 
 def graded_neighbour_contrast(qs: list[torch.Tensor], keys: list[torch.Tensor], n: int = 10,
-                              temperature: float = 0.2, block_rows: int = 128, eps: float = 1e-9) -> torch.Tensor:
+                              temperature: float = 0.2, block_rows: int = 128, eps: float = 1e-9,
+                              precision: torch.dtype | None = None) -> torch.Tensor:
     """DA-MRS's alignment guided by graded item relations, averaged over views and queries:
 
     .. math::
@@ -521,33 +522,44 @@ def graded_neighbour_contrast(qs: list[torch.Tensor], keys: list[torch.Tensor], 
     All of it runs ``block_rows`` queries at a time, every view together, so the ``[rows, I]``
     similarities, their softmax, exponentials and gradient stay in cache; the gradients of
     ``qs`` and ``keys`` are formed in the same pass (the backward only scales them). No double
-    backward.
+    backward. ``precision=torch.bfloat16`` multiplies bf16 copies in the three products per block
+    (similarities, ``∂q``, ``∂k``; accumulation, softmax, exponentials and sums stay fp32).
 
     Shapes:
         qs: V tensors [B, d]; keys: V tensors [I, d].
     """
     if len(qs) != len(keys) or not qs:
         raise ValueError(f"one key table per query table, got {len(qs)} and {len(keys)}")
-    return _GradedContrast.apply(n, temperature, block_rows, eps, *qs, *keys)
+    return _GradedContrast.apply(n, temperature, block_rows, eps, precision, *qs, *keys)
 
 
 class _GradedContrast(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, n, temperature, block_rows, eps, *tensors):
+    def forward(ctx, n, temperature, block_rows, eps, precision, *tensors):
         views = len(tensors) // 2
         qs, keys = tensors[:views], tensors[views:]
         size = qs[0].shape[0]
+        low = precision is not None and precision != qs[0].dtype
+        # the products' operands: bf16 copies made once per call, or the tensors themselves
+        q_op = [q.to(precision) for q in qs] if low else qs
+        k_op = [k.to(precision) for k in keys] if low else keys
         grad_q = [torch.empty_like(q) for q in qs]
         grad_k = [torch.zeros_like(k) for k in keys]
         total = qs[0].new_zeros(())
         for s in range(0, size, block_rows):
             e = min(s + block_rows, size)
-            sims = [q[s:e] @ k.T for q, k in zip(qs, keys)]              # [rows, I] per view
+            sims = [q[s:e] @ k.T for q, k in zip(q_op, k_op)]            # [rows, I] per view
+            sims = [t.float() for t in sims] if low else sims
             for v, (strong, weak) in enumerate(graded_neighbours(sims, n)):
                 loss, g = _two_level_rows(sims[v], strong, weak, temperature, eps)
                 total += loss
-                torch.mm(g, keys[v], out=grad_q[v][s:e])
-                grad_k[v].addmm_(g.T, qs[v][s:e])
+                if low:
+                    g = g.to(precision)
+                    grad_q[v][s:e] = g @ k_op[v]
+                    grad_k[v] += g.T @ q_op[v][s:e]
+                else:
+                    torch.mm(g, keys[v], out=grad_q[v][s:e])
+                    grad_k[v].addmm_(g.T, qs[v][s:e])
         scale = 1.0 / (views * size)
         ctx.scale = scale
         ctx.save_for_backward(*grad_q, *grad_k)
@@ -555,7 +567,7 @@ class _GradedContrast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return (None, None, None, None, *(t * (g * ctx.scale) for t in ctx.saved_tensors))
+        return (None, None, None, None, None, *(t * (g * ctx.scale) for t in ctx.saved_tensors))
 
 
 def _two_level_rows(sims: torch.Tensor, strong: torch.Tensor, weak: torch.Tensor, temperature: float,
