@@ -13,7 +13,7 @@ from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, Unit
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import WIDE, dot, info_nce_all, project_fixed, resolve_precision
+from prismrec.models.layers import WIDE, Precision, dot, info_nce_all, project_fixed, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class MENTORConfig(ModelConfig):
     mask_weight_f: NonNegFloat = 1.5    # feature masking; trains nothing with feature_mask="code"
     dropout: Rate = 0.5                 # feature-masking rate
     feature_mask: Literal["code", "gradient"] = "code"
-    feature_precision: Literal["auto", "float32", "bfloat16"] = "auto"  # wide feature-MLP products
-    cl_precision: Literal["auto", "float32", "bfloat16"] = "auto"       # the all-pairs InfoNCE products
+    feature_precision: Precision = "auto"   # of the wide feature-MLP products
+    cl_precision: Precision = "auto"        # of the all-pairs InfoNCE products
 
 
 class _Encoders(nn.Module):
