@@ -77,7 +77,7 @@ def _configs():
     out = []
     for name, cls in registered_models().items():
         out.append((name, cls.Config))
-        if cls.uses_features:
+        if cls.uses_features and cls.features_in_training:
             out += [(f"{name}+{p}", get_plugin(p)(cls).Config) for p in ("befa", "erl")]
     return out
 

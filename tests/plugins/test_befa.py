@@ -12,7 +12,7 @@ from prismrec.models import registered_models
 from prismrec.plugins import get_plugin
 from prismrec.plugins.befa import BeFAAdapter, wrap
 
-FEATURE_MODELS = sorted(n for n, c in registered_models().items() if c.uses_features)
+FEATURE_MODELS = sorted(n for n, c in registered_models().items() if c.uses_features and c.features_in_training)
 
 
 def _batch(ds, n=32):

@@ -42,6 +42,9 @@ class Model(nn.Module):
     Class attributes:
         sampler: ``"pairwise"`` (user, pos, neg) batches or ``"users"`` batches of users.
         uses_features: the model reads modality features (plug-ins such as BeFA apply to it).
+        features_in_training: the features enter the trained computation (``False`` for a model
+            that reads them once in ``setup`` to build fixed graphs: a feature plug-in would
+            change nothing there, so the plug-ins refuse it).
         min_modalities: how many modalities it needs at least (default: 1 where it reads features).
         train_defaults: training-config defaults that differ from MMRec's (e.g. learning rate).
     """
@@ -51,6 +54,7 @@ class Model(nn.Module):
     Config: ClassVar[type] = ModelConfig
     sampler: ClassVar[str] = "pairwise"
     uses_features: ClassVar[bool] = False
+    features_in_training: ClassVar[bool] = True  # False: features only build fixed structures in setup
     min_modalities: ClassVar[int | None] = None
     train_defaults: ClassVar[dict] = {}
     trainable: ClassVar[bool] = True

@@ -72,7 +72,7 @@ class DAMRS(JointTable, Model):
     view ``v`` rank ``P_v + Σ_w P_w`` (the code's ``P_1 + P_2 + 2P_3`` for three views).
     (peers.md's MMRec run used a top-200 co-occurrence file: ``behaviour_knn_k=200,
     behaviour_min_count=1``.) Features enter only the graphs, built once from the raw features
-    in ``setup``: ``--plugin befa`` / ``erl`` train beside the model but cannot change its scores.
+    in ``setup``, so ``--plugin befa`` / ``erl`` (which act on features during training) refuse it.
     No cold start: items are ID embeddings.
 
     Shapes:
@@ -83,6 +83,7 @@ class DAMRS(JointTable, Model):
     description = "DA-MRS: denoised modality/behaviour item graphs, denoised BPR and alignment over LightGCN"
     Config = DAMRSConfig
     uses_features = True
+    features_in_training = False  # the features build the item graphs in setup, nothing more
     min_modalities = 1
 
     def setup(self, dataset):

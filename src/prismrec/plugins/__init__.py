@@ -34,6 +34,10 @@ def feature_host(model_cls, plugin: str, verb: str, marker: str):
     if not getattr(model_cls, "uses_features", False):
         raise PrismrecError(f"plug-in '{plugin}' {verb} modality features, but model '{model_cls.name}' reads "
                             "none; use it with a multimodal model (see `prismrec models`)")
+    if not getattr(model_cls, "features_in_training", True):
+        raise PrismrecError(f"plug-in '{plugin}' {verb} modality features during training, but model "
+                            f"'{model_cls.name}' reads them only once, to build fixed graphs, so it would "
+                            "change nothing; use it with a model whose training reads the features")
     if getattr(model_cls, marker, None) is not None:
         raise PrismrecError(f"model '{model_cls.name}' is already wrapped by {plugin}")
     return model_cls
