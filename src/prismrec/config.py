@@ -29,6 +29,7 @@ NonNegFloat = Annotated[float, at.Ge(0)]
 UnitFloat = Annotated[float, at.Interval(ge=0, le=1)]      # a weight or share in [0, 1]
 Rate = Annotated[float, at.Interval(ge=0, lt=1)]           # a dropout or masking rate in [0, 1)
 Fraction = Annotated[float, at.Interval(gt=0, le=1)]       # a kept share in (0, 1]
+FeatureNorm = Literal["none", "l2", "standardize"]          # item-feature transforms (data/transforms.py)
 
 
 def _bounds_text(c) -> str:
@@ -115,7 +116,7 @@ class TrainConfig(Checked):
     clip_grad_norm: float = 0.0     # 0 = off
     device: str = "cpu"             # training runs on the CPU; GPU training is not implemented yet
     # item features before Model.setup (data/transforms.py)
-    feature_norm: Literal["none", "l2", "standardize"] = "none"
+    feature_norm: FeatureNorm = "none"
 
     def validate(self):
         if self.device != "cpu":  # refuse rather than silently train on the CPU

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from prismrec.config import FeatureNorm
 from prismrec.data.dataset import Dataset
 from prismrec.errors import ConfigError, DataError
 
-FEATURE_NORMS = ("none", "l2", "standardize")
+FEATURE_NORMS = typing.get_args(FeatureNorm)
 
 
 def check_feature_norm(mode: str) -> str:
