@@ -20,7 +20,21 @@ from prismrec.train import trainer as trainer_mod
 LONG = dict(epochs=10_000, patience=10_000, batch_size=256)
 
 
-def test_ctrl_c_writes_the_best_epochs_bundle_and_resumes(tmp_path, tiny):
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """Python's own Ctrl-C handler for the test, whatever this process inherited: a shell starts a
+    background job (``pytest ... &`` in a script) with SIGINT ignored, and prismrec, rightly, leaves
+    an ignored or caller-installed SIGINT alone, so these tests would wait for a stop that never comes."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _default_sigint():  # in the child before exec: an ignored SIGINT would be inherited by it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_writes_the_best_epochs_bundle_and_resumes(tmp_path, tiny, ctrl_c_reaches_python):
     snaps = {}
     rec = Recommender("bpr", **LONG, learning_rate=0.05, seed=3)
 
@@ -92,7 +106,7 @@ def test_sigint_to_prismrec_train_writes_a_bundle(tmp_path, tiny):
     cmd = [sys.executable, "-m", "prismrec", "train", "--data", str(data), "--model", "bpr", "--out", str(run),
            "--set", "epochs=100000", "--set", "patience=100000", "--set", "batch_size=64", "--set", "num_threads=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         log = run / "log.jsonl"
