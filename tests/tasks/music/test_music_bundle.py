@@ -115,3 +115,39 @@ def test_load_refuses_a_changed_file_and_a_bundle_without_manifest(tmp_path, tag
     (path / MANIFEST).unlink()  # e.g. a music bundle of a prismrec from before they had manifests
     with pytest.raises(BundleError, match="incomplete bundle: no manifest.json"):
         MusicBundle(path)
+
+
+def _rewrite(path: Path, name: str, edit) -> None:
+    """Change bundle file ``name`` and re-seal the manifest over it (a bundle that is consistent
+    but was written wrong, e.g. by another version)."""
+    f = path / name
+    edit(f)
+    manifest = json.loads((path / MANIFEST).read_text())
+    digest, size = bundle_mod.sha256_file(f)
+    manifest["files"][name] = {"sha256": digest, "bytes": size}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("key", ["similarity", "model_config", "n_tracks"])
+def test_load_names_a_missing_config_field(tmp_path, tagged, music_small, key):
+    path = tagged(tmp_path / "b", 0, "old", music_small)
+
+    def drop(f):
+        cfg = json.loads(f.read_text())
+        del cfg[key]
+        f.write_text(json.dumps(cfg))
+    _rewrite(path, "config.json", drop)
+    with pytest.raises(BundleError, match=rf"config.json: missing field\(s\) {key}.*prismrec music train"):
+        MusicBundle(path)
+
+
+def test_load_names_weights_that_do_not_fit_the_config(tmp_path, tagged, music_small):
+    path = tagged(tmp_path / "b", 0, "old", music_small)
+
+    def wider(f):
+        cfg = json.loads(f.read_text())
+        cfg["model_config"]["embedding_dim"] = 12  # the weights were trained with 8
+        f.write_text(json.dumps(cfg))
+    _rewrite(path, "config.json", wider)
+    with pytest.raises(BundleError, match=r"weights.safetensors does not fit model 'dual-encoder'.*size mismatch"):
+        MusicBundle(path)

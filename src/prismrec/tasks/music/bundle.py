@@ -42,6 +42,8 @@ log = logging.getLogger("prismrec")
 FILES = ("config.json", "weights.safetensors", "embeddings.safetensors", "videos.json", "tracks.json")
 BUNDLE_FILES = FILES + ("metrics.json",)
 # what read_manifest / verify_bundle check for this kind of bundle
+CONFIG_KEYS = ("task", "model", "model_config", "video_dims", "track_dims", "n_tracks", "similarity")
+EMBEDDINGS = ("video", "track", "video_track")
 KIND = dict(files=BUNDLE_FILES, required=FILES, written_by="a music bundle is written by `prismrec music train`",
             recreate="Train it again with `prismrec music train --out {path} ...`.")
 
@@ -107,13 +109,25 @@ class MusicBundle:
             log.warning("bundle %s was written by prismrec %s; this is %s", path,
                         self.config.get("prismrec_version"), __version__)
         c = self.config
+        missing = [k for k in CONFIG_KEYS if k not in c]
+        if missing:
+            raise BundleError(f"{path / 'config.json'}: missing field(s) {', '.join(missing)}; "
+                              f"{KIND['recreate'].format(path=path)}")
         self.path = path
         self.model: MatchModel = build(c["model"], c["model_config"], c["video_dims"], c["track_dims"], c["n_tracks"])
         weights = {k: v for k, v in verified_tensors(path, "weights.safetensors", manifest, "pt").items()
                    if k != "_none"}
-        self.model.load_state_dict(weights)
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as e:  # names the missing / unexpected / mis-shaped tensors
+            raise BundleError(f"{path / 'weights.safetensors'} does not fit model {c['model']!r} "
+                              f"of config.json: {' '.join(str(e).split())}") from None
         self.model.eval()
         emb = verified_tensors(path, "embeddings.safetensors", manifest, "pt")
+        missing = [k for k in EMBEDDINGS if k not in emb]
+        if missing:
+            raise BundleError(f"{path / 'embeddings.safetensors'}: missing tensor(s) {', '.join(missing)}; "
+                              f"{KIND['recreate'].format(path=path)}")
         self.video_emb, self.track_emb, self.video_track = emb["video"], emb["track"], emb["video_track"]
         self.videos, self.tracks = IdMap(videos, "video"), IdMap(tracks, "track")
         if len(self.tracks) != len(self.track_emb) or len(self.videos) != len(self.video_emb):
