@@ -169,3 +169,26 @@ def test_tune_prints_the_space_and_each_trials_parameters(mmrec_dir, tmp_path, c
     assert "search space of vbpr" in err and "learning_rate" in err and "log-uniform" in err
     assert err.index("search space") < err.index("trial 0:")
     assert "trial 0: " in err and "trial 1: " in err and "reg_weight=" in err
+
+
+def test_a_repeated_draw_is_not_trained_again(tiny, tmp_path, monkeypatch):
+    """A 2-point space and 5 trials: TPE must draw repeats; each is answered from the earlier
+    trial (the run is seeded), so only the distinct points train."""
+    fits = []
+    original = hpo.Recommender.fit
+
+    def counting_fit(self, *a, **k):
+        fits.append(self)
+        return original(self, *a, **k)
+    monkeypatch.setattr(hpo.Recommender, "fit", counting_fit)
+    space = {"reg_weight": {"low": None, "high": None, "log": False, "choices": (1e-4, 1e-2)}}
+    res = tune(tiny, "bpr", 5, tmp_path, base_config={**FAST, "learning_rate": 0.01}, extra_space=space,
+               startup_trials=10)
+    finished = [t for t in res.study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5 and len(fits) == len({t.params["reg_weight"] for t in finished}) <= 2
+    repeats = [t for t in finished if "repeat_of" in t.user_attrs]
+    assert res.n_repeats == len(repeats) >= 3
+    for t in repeats:
+        first = res.study.trials[t.user_attrs["repeat_of"]]
+        assert first.params == t.params and first.value == t.value and "repeat_of" not in first.user_attrs
+        assert t.user_attrs["best_epoch"] == first.user_attrs["best_epoch"]

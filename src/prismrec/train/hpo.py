@@ -186,6 +186,7 @@ class TuneResult:
     n_pruned: int
     best_trial: int
     study: Any                 # the optuna Study
+    n_repeats: int = 0         # finished trials that drew an earlier trial's parameters (not run again)
 
     def summary(self) -> str:
         if self.default_value is None:
@@ -308,6 +309,9 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
     def objective(trial):
         params = {p.name: p.suggest(trial) for p in space}
         log.info("trial %d: %s", trial.number, ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
+        earlier = _same_parameters(study, trial.number, params)
+        if earlier is not None:  # training is seeded: the same parameters give the same result
+            return _repeat(trial, earlier, metric)
         pruned = False
 
         def report(epoch, rec):
@@ -344,6 +348,33 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
     return _result(study, space, base, metric, run_dir, model, plugins)
 
 
+def _same_parameters(study, number: int, params: dict):
+    """The first finished trial before ``number`` that ran exactly ``params``, or ``None``. TPE
+    draws a point of a small discrete space again and again (8 points, 8 trials: often 5 distinct)."""
+    from optuna.trial import TrialState
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number < number and t.params == params and not t.user_attrs.get("error"):
+            return t
+    return None
+
+
+def _repeat(trial, earlier, metric: str) -> float:
+    """Record trial ``earlier``'s outcome for ``trial`` without training again."""
+    import optuna
+    from optuna.trial import TrialState
+    trial.set_user_attr("repeat_of", earlier.number)
+    for k in ("best_epoch", "epochs", "test"):
+        if k in earlier.user_attrs:
+            trial.set_user_attr(k, earlier.user_attrs[k])
+    if earlier.state == TrialState.PRUNED:
+        log.info("trial %d: the parameters of trial %d, which was pruned: pruned (not run again)",
+                 trial.number, earlier.number)
+        raise optuna.TrialPruned()
+    log.info("trial %d: the parameters of trial %d: %s %.4f (not run again)", trial.number, earlier.number,
+             metric, earlier.value)
+    return earlier.value
+
+
 def _result(study, space, base, metric, run_dir: Path, model, plugins) -> TuneResult:
     from optuna.trial import TrialState
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -358,7 +389,8 @@ def _result(study, space, base, metric, run_dir: Path, model, plugins) -> TuneRe
                      defaults_best=default_value is not None and best.value <= default_value,
                      metric=metric, n_complete=len(done),
                      n_pruned=sum(t.state == TrialState.PRUNED for t in study.trials),
-                     best_trial=best.number, study=study)
+                     best_trial=best.number, study=study,
+                     n_repeats=sum("repeat_of" in t.user_attrs for t in study.trials))
     if res.defaults_best:  # ties go to the defaults
         res.best_params = {p.name: defaults[0].params.get(p.name, _plain(p.default)) for p in space}
         res.best_config = {**base, **res.best_params}

@@ -31,8 +31,9 @@ def register(app: typer.Typer) -> None:
         prints the best config as YAML.
 
         The search space is the model's tunable config fields plus the learning rate (unless fixed
-        with --set/--config); it is printed first, then each trial's parameters and result. The
-        study is stored in SQLite inside the run directory: run the same command again to add
+        with --set/--config); it is printed first, then each trial's parameters and result. Runs are
+        seeded, so a trial that draws the parameters of an earlier one takes its result without
+        training again (common on small discrete spaces). The study is stored in SQLite inside the run directory: run the same command again to add
         trials or to continue after an interruption. Feed the printed YAML (also written to
         <out>/best.yaml) to `prismrec train --config`.
         """
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
         run_dir = out or Path("runs") / f"tune-{Path(str(data)).name}-{model}{''.join('+' + p for p in plugin)}"
         res, text = run_guarded(_tune, data, model, trials, run_dir, timeout, values, space, plugin, seed, warmup)
         typer.echo(text, nl=False)
-        typer.secho(f"# {res.summary()}; {res.n_complete} complete, {res.n_pruned} pruned; "
+        repeats = f" ({res.n_repeats} drew an earlier trial's parameters: not run again)" if res.n_repeats else ""
+        typer.secho(f"# {res.summary()}; {res.n_complete} complete, {res.n_pruned} pruned{repeats}; "
                     f"written {run_dir / 'best.yaml'}", err=True)
 
 
