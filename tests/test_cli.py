@@ -225,3 +225,15 @@ def test_music_train_defaults_to_the_fast_model():
     assert inspect.signature(music_cli.train).parameters["model"].default.default == "dual-encoder"
     r = invoke("music", "train", "-h")
     assert "dual-encoder" in r.output and "s/epoch" in r.output
+
+
+def test_help_paragraphs_are_reflowed_not_broken_at_the_docstrings_lines():
+    """Typer's rich help keeps a docstring's line breaks; the CLI joins prose paragraphs so that
+    `--help` wraps at the terminal's width only (lists and indented examples keep their lines)."""
+    from prismrec.cli import reflow_help
+    text = "Summary\nline two.\n\nProse that\ngoes on.\n\nA list:\n- one\n- two\n\n  indented\n  example"
+    assert reflow_help(text) == "Summary line two.\n\nProse that goes on.\n\nA list:\n- one\n- two\n\n  indented\n  example"
+    out = runner.invoke(app, ["tune", "--help"], env={"COLUMNS": "200"}).output
+    assert "plus the learning rate (unless fixed with --set/--config)" in out
+    out = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "the bundle of the best epoch so far is written (marked interrupted in metrics.json)" in out

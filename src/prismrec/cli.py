@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -647,6 +648,30 @@ for _mod in PLUGGED_COMMANDS:
     except ModuleNotFoundError as _e:
         if _e.name != _mod:
             raise
+
+
+def reflow_help(text: str) -> str:
+    """Join the lines of each prose paragraph of a command's docstring into one: Typer's rich help
+    keeps single line breaks, so docstring lines (~100 characters) would break again at the
+    terminal's width and print ragged. Paragraphs with indented, bulleted or table lines keep
+    their layout."""
+    out = []
+    for para in text.split("\n\n"):
+        lines = para.split("\n")
+        keep = para.startswith("\b") or any(line.startswith((" ", "-", "*", "|", "$", "\t")) for line in lines)
+        out.append(para if keep else " ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_commands(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = reflow_help(inspect.getdoc(info.callback))
+    for group in typer_app.registered_groups:
+        _reflow_commands(group.typer_instance)
+
+
+_reflow_commands(app)
 
 
 def main():  # pragma: no cover
