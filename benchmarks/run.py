@@ -111,7 +111,7 @@ def run_once(args, ds):
         values["epochs"] = args.epochs
     rec = Recommender(args.model, plugins=args.plugin, checkpoint=False, **values)
     load0 = os.getloadavg()[0]
-    rec.fit(ds, show_progress=False)
+    rec.fit(ds, show_progress=False, max_minutes=args.max_minutes)
     return rec, load0
 
 
@@ -127,6 +127,9 @@ def main(argv=None):
                     help="runs per thread count; the median one is kept (timings vary between processes)")
     ap.add_argument("--name", default="", help="result file name (default from model, plug-ins, epochs)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="time budget of the training: it stops when used up and keeps the best epoch "
+                         "(the file's stop_reason says time_budget)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -164,6 +167,7 @@ def main(argv=None):
         "config": run["config"],
         "model_config": run["model_config"],  # every resolved setting, defaults included
         "epochs": m["epochs"], "best_epoch": m["best_epoch"], "stopped_early": m["stopped_early"],
+        "stop_reason": m.get("stop_reason"),
         "sec_per_epoch": round(sec, 4), "threads": threads or torch.get_num_threads(),
         "cpu_sec_per_epoch": round(m["cpu_sec_per_epoch"], 4),
         "sec_per_epoch_by_threads": {str(r[1] or torch.get_num_threads()): round(r[0], 4) for r in runs},
