@@ -658,7 +658,8 @@ def reflow_help(text: str) -> str:
     out = []
     for para in text.split("\n\n"):
         lines = para.split("\n")
-        keep = para.startswith("\b") or any(line.startswith((" ", "-", "*", "|", "$", "\t")) for line in lines)
+        # a bullet is "- " / "* "; a prose line may start with an option name ("--config")
+        keep = para.startswith("\b") or any(line.startswith((" ", "- ", "* ", "|", "$", "\t")) for line in lines)
         out.append(para if keep else " ".join(line.strip() for line in lines))
     return "\n\n".join(out)
 

@@ -33,9 +33,10 @@ def register(app: typer.Typer) -> None:
         The search space is the model's tunable config fields plus the learning rate (unless fixed
         with --set/--config); it is printed first, then each trial's parameters and result. Runs are
         seeded, so a trial that draws the parameters of an earlier one takes its result without
-        training again (common on small discrete spaces). The study is stored in SQLite inside the run directory: run the same command again to add
-        trials or to continue after an interruption. Feed the printed YAML (also written to
-        <out>/best.yaml) to `prismrec train --config`.
+        training again (common on small discrete spaces). The study is stored in SQLite inside the
+        run directory: run the same command again to add trials or to continue after an
+        interruption. Feed the printed YAML (also written to <out>/best.yaml) to `prismrec train
+        --config`.
         """
         import logging
         from prismrec.cli import _collect_config, _setup_logging, run_guarded
