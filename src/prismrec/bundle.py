@@ -410,7 +410,9 @@ def verified_tensors(path: Path, name: str, manifest: dict, framework: str) -> d
         raise BundleError(f"{path / name}: not a valid safetensors file ({e})") from None
 
 
-def _field(cfg: dict, key: str, types, what: str, f: Path, default=...):
+def config_field(cfg: dict, key: str, types, what: str, f: Path, default=...):
+    """``cfg[key]`` (or ``default`` when given and the key is absent), checked to be of ``types``;
+    otherwise a BundleError naming file ``f``, the field and what was expected (bools are not ints)."""
     v = cfg.get(key, default)
     if v is ... or not isinstance(v, types) or (isinstance(v, bool) and bool not in _as_tuple(types)):
         raise BundleError(f"{f}: field '{key}': expected {what}, got {json.dumps(v)[:80] if v is not ... else 'nothing'}")
@@ -462,16 +464,16 @@ def read_bundle(path: str | Path) -> tuple[dict, Dataset, dict[str, torch.Tensor
     cfg = verified_json(path, "config.json", manifest)
     if not isinstance(cfg, dict):
         raise BundleError(f"{cf}: expected a JSON object, got {type(cfg).__name__}")
-    _field(cfg, "model", str, "a model name", cf)
-    plugins = _field(cfg, "plugins", list, "a list of plug-in names", cf, default=[])
+    config_field(cfg, "model", str, "a model name", cf)
+    plugins = config_field(cfg, "plugins", list, "a list of plug-in names", cf, default=[])
     if not all(isinstance(p, str) for p in plugins):
         raise BundleError(f"{cf}: field 'plugins': expected a list of plug-in names, got {json.dumps(plugins)[:80]}")
-    _field(cfg, "config", dict, "an object of config keys", cf, default={})
-    n_users = _field(cfg, "n_users", int, "a user count", cf)
-    n_items = _field(cfg, "n_items", int, "an item count", cf)
+    config_field(cfg, "config", dict, "an object of config keys", cf, default={})
+    n_users = config_field(cfg, "n_users", int, "a user count", cf)
+    n_items = config_field(cfg, "n_items", int, "an item count", cf)
     if n_users < 1 or n_items < 1:
         raise BundleError(f"{cf}: fields 'n_users'/'n_items': expected >= 1, got {n_users}/{n_items}")
-    mods = _field(cfg, "modalities", dict, "an object of modality -> dimension", cf, default={})
+    mods = config_field(cfg, "modalities", dict, "an object of modality -> dimension", cf, default={})
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in mods.values()):
         raise BundleError(f"{cf}: field 'modalities': expected positive integer dimensions, got {json.dumps(mods)[:80]}")
     if cfg.get("prismrec_version") != __version__:

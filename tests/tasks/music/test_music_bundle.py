@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,20 @@ def test_load_names_a_missing_config_field(tmp_path, tagged, music_small, key):
         del cfg[key]
         f.write_text(json.dumps(cfg))
     _rewrite(path, "config.json", drop)
-    with pytest.raises(BundleError, match=rf"config.json: missing field\(s\) {key}.*prismrec music train"):
+    with pytest.raises(BundleError, match=rf"config.json: field '{key}': expected .*got nothing.*prismrec music train"):
+        MusicBundle(path)
+
+
+@pytest.mark.parametrize("key, value", [("n_tracks", "12"), ("video_dims", [4, 4]), ("n_tracks", True)])
+def test_load_names_a_config_field_of_the_wrong_type(tmp_path, tagged, music_small, key, value):
+    path = tagged(tmp_path / "b", 0, "old", music_small)
+
+    def retype(f):
+        cfg = json.loads(f.read_text())
+        cfg[key] = value
+        f.write_text(json.dumps(cfg))
+    _rewrite(path, "config.json", retype)
+    with pytest.raises(BundleError, match=rf"config.json: field '{key}': expected .*got {re.escape(json.dumps(value))}"):
         MusicBundle(path)
 
 

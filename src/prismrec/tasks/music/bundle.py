@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from prismrec import __version__
-from prismrec.bundle import read_manifest, verified_json, verified_tensors, verify_bundle, write_bundle, write_json
+from prismrec.bundle import config_field, read_manifest, verified_json, verified_tensors, verify_bundle, write_bundle, write_json
 from prismrec.data.idmap import IdMap
 from prismrec.errors import BundleError
 from prismrec.tasks.music.data import MusicDataset
@@ -42,7 +42,11 @@ log = logging.getLogger("prismrec")
 FILES = ("config.json", "weights.safetensors", "embeddings.safetensors", "videos.json", "tracks.json")
 BUNDLE_FILES = FILES + ("metrics.json",)
 # what read_manifest / verify_bundle check for this kind of bundle
-CONFIG_KEYS = ("task", "model", "model_config", "video_dims", "track_dims", "n_tracks", "similarity")
+# config.json fields a bundle needs: name -> (type, what is expected)
+CONFIG_FIELDS = {"model": (str, "a model name"), "model_config": (dict, "an object of config keys"),
+                 "video_dims": (dict, "an object of modality -> dimension"),
+                 "track_dims": (dict, "an object of modality -> dimension"),
+                 "n_tracks": (int, "a track count"), "similarity": (str, "a similarity name")}
 EMBEDDINGS = ("video", "track", "video_track")
 KIND = dict(files=BUNDLE_FILES, required=FILES, written_by="a music bundle is written by `prismrec music train`",
             recreate="Train it again with `prismrec music train --out {path} ...`.")
@@ -109,10 +113,11 @@ class MusicBundle:
             log.warning("bundle %s was written by prismrec %s; this is %s", path,
                         self.config.get("prismrec_version"), __version__)
         c = self.config
-        missing = [k for k in CONFIG_KEYS if k not in c]
-        if missing:
-            raise BundleError(f"{path / 'config.json'}: missing field(s) {', '.join(missing)}; "
-                              f"{KIND['recreate'].format(path=path)}")
+        try:
+            for key, (types, what) in CONFIG_FIELDS.items():
+                config_field(c, key, types, what, path / "config.json")
+        except BundleError as e:
+            raise BundleError(f"{e}; {KIND['recreate'].format(path=path)}") from None
         self.path = path
         self.model: MatchModel = build(c["model"], c["model_config"], c["video_dims"], c["track_dims"], c["n_tracks"])
         weights = {k: v for k, v in verified_tensors(path, "weights.safetensors", manifest, "pt").items()
