@@ -22,17 +22,18 @@ FEATURE_NORM_FILE = "feature_norm.json"  # a bundle's fitted data.transforms.Fea
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :meth:`Recommender.fit`, raised once the best epoch so far is kept.
+    """Ctrl-C (or SIGTERM) during :meth:`Recommender.fit`, raised once the best epoch so far is kept.
 
     Attributes:
         recommender: the Recommender, holding the best epoch's weights (unfitted when no epoch
             finished).
         run_dir: where its bundle was written (``None``: nothing written).
+        signal: the signal number that stopped the run (``signal.SIGINT`` for Ctrl-C).
     """
 
-    def __init__(self, message: str, *, recommender: "Recommender", run_dir=None):
+    def __init__(self, message: str, *, recommender: "Recommender", run_dir=None, signal: int = 2):
         super().__init__(message)
-        self.recommender, self.run_dir = recommender, run_dir
+        self.recommender, self.run_dir, self.signal = recommender, run_dir, int(signal)
 
 
 def model_class_with_plugins(name: str, plugins=()) -> type[Model]:
@@ -86,7 +87,7 @@ class Recommender:
         the best epoch (``metrics["stop_reason"] == "time_budget"``).
 
         Raises:
-            TrainingInterrupted: on Ctrl-C, after the bundle of the best epoch so far was written
+            TrainingInterrupted: on Ctrl-C or SIGTERM, after the bundle of the best epoch so far was written
                 (marked ``"interrupted": true`` in its ``metrics.json``); this Recommender holds it.
             PrismrecError: a non-empty ``run_dir`` without ``resume``/``overwrite``; a checkpoint of
                 another model or dataset, or with other settings than allowed (``CheckpointError``).
@@ -131,13 +132,13 @@ class Recommender:
         if r.interrupted and r.best_epoch < 0:  # no epoch finished: nothing worth a bundle
             self.model = None
             raise TrainingInterrupted("interrupted before the first epoch finished; nothing was saved",
-                                      recommender=self, run_dir=None)
+                                      recommender=self, run_dir=None, signal=r.stop_signal or 2)
         if run_dir is not None and (dist is None or dist.rank == 0):
             self.save(run_dir, data_path=data_path)
         if r.interrupted:
             raise TrainingInterrupted(f"interrupted after {r.epochs_run} epoch(s); best epoch {r.best_epoch}"
                                       + (f", bundle written to {run_dir}" if run_dir is not None else ""),
-                                      recommender=self, run_dir=run_dir)
+                                      recommender=self, run_dir=run_dir, signal=r.stop_signal or 2)
         return self
 
     def _require_fitted(self) -> Model:

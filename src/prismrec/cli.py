@@ -186,8 +186,9 @@ def train(
     """Train a model (early stopping on the validation metric, Recall@20 by default) and write a bundle
     into the run directory.
 
-    Ctrl-C stops at the next batch: the bundle of the best epoch so far is written (marked
-    interrupted in metrics.json) and the command to continue with --resume is printed. The run
+    Ctrl-C (or SIGTERM, as a batch scheduler sends at its time limit) stops at the next batch: the
+    bundle of the best epoch so far is written (marked interrupted in metrics.json), the command to
+    continue with --resume is printed, and the exit code is 130 (143 after SIGTERM). The run
     directory also gets train.log: the command line, the prismrec version and one line per epoch.
     """
     _setup_logging(False)
@@ -243,7 +244,7 @@ def _train(data, model, values, plugins, out, resume, distributed, quiet, max_mi
                         err=True, fg=typer.colors.YELLOW)
         if (out / "checkpoint.safetensors").is_file():
             typer.secho(f"continue with: {_resume_command()}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(128 + e.signal)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     if dist is None or dist.rank == 0:
         m = rec.metrics
         if m.get("stop_reason") == "time_budget":

@@ -98,9 +98,11 @@ def test_interrupt_before_the_first_epoch_writes_nothing(tmp_path, tiny):
     assert e.value.run_dir is None and not (tmp_path / "run" / "weights.safetensors").exists()
 
 
-def test_sigint_to_prismrec_train_writes_a_bundle(tmp_path, tiny):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_stop_signal_to_prismrec_train_writes_a_bundle(tmp_path, tiny, signum, code):
     """Issue 23 item 1: Ctrl-C (SIGINT) on `prismrec train` writes the best epoch's bundle, marked
-    interrupted, exits 130 and prints the command that resumes the run."""
+    interrupted, exits 130 and prints the command that resumes the run; SIGTERM (a scheduler's
+    time limit, `docker stop`) does the same and exits 143."""
     data = save_mmrec(tiny, tmp_path / "tiny")
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "prismrec", "train", "--data", str(data), "--model", "bpr", "--out", str(run),
@@ -114,9 +116,9 @@ def test_sigint_to_prismrec_train_writes_a_bundle(tmp_path, tiny):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["interrupted"] is True and metrics["best_epoch"] >= 0
     assert "marked interrupted" in err and "--resume" in err and "Traceback" not in err

@@ -45,8 +45,9 @@ class FitResult:
     history: list = field(default_factory=list)
     stopped_early: bool = False
     # why training ended: "early_stopping", "epochs" (the cap), "callback", "time_budget" or
-    # "interrupted" (Ctrl-C / SIGINT; the unfinished epoch is dropped)
+    # "interrupted" (Ctrl-C / SIGINT or SIGTERM; the unfinished epoch is dropped)
     stop_reason: str = ""
+    stop_signal: int | None = None   # the signal that interrupted the run (SIGINT, SIGTERM), if one did
 
     @property
     def interrupted(self) -> bool:
@@ -164,13 +165,14 @@ class Trainer:
                          bar_format="{desc}: {n_fmt} epochs{postfix} [{elapsed}, {rate_fmt}]")
         # updates inside backward() need gradients that are final there: no all-reduce, no clipping
         model.step_in_backward(opt if self.dist is None and cfg.clip_grad_norm <= 0 else None)
-        previous_handler = self._install_sigint_handler()
+        previous_handlers = self._install_stop_handlers()
         try:
             self._loop(epoch_bar, show, start, bad, best_value, opt, sched, sampler, res, is_main)
         except KeyboardInterrupt:
             if self.dist:  # the other ranks are inside collectives: no orderly stop for one of them
                 raise
             res.stop_reason = "interrupted"
+            res.stop_signal = self._stop_signal or signal.SIGINT
             if is_main:
                 log.warning("interrupted: the unfinished epoch is dropped; best epoch so far: %s",
                             res.best_epoch if res.best_epoch >= 0 else "none")
@@ -179,8 +181,8 @@ class Trainer:
             log.warning("time budget of %s used up during epoch %d: that epoch is dropped; best epoch %d",
                         _minutes(self.max_seconds), len(res.history), res.best_epoch)
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             model.step_in_backward(None)
             epoch_bar.close()
         res.stop_reason = res.stop_reason or "epochs"
@@ -188,23 +190,27 @@ class Trainer:
         res.best_valid = res.best_valid or {}
         return res
 
-    def _install_sigint_handler(self):
-        """Turn the first Ctrl-C into a stop request (checked between batches); returns the handler
-        to restore, or ``None`` where none was installed (not the main thread, or data-parallel)."""
-        self._stop_requested = False
+    def _install_stop_handlers(self) -> dict:
+        """Turn the first Ctrl-C (SIGINT) or SIGTERM (``kill``, a batch scheduler's time limit, ``docker
+        stop``) into a stop request, checked between batches; a second one stops at once. Returns the
+        handlers to restore: none where the caller handles a signal its own way, off the main thread,
+        or data-parallel (the other ranks sit in collectives)."""
+        self._stop_requested, self._stop_signal = False, None
         if self.dist is not None or threading.current_thread() is not threading.main_thread():
-            return None
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not signal.default_int_handler:  # the caller handles SIGINT its own way
-            return None
+            return {}
 
         def request_stop(signum, frame):
             if self._stop_requested:
                 raise KeyboardInterrupt
-            self._stop_requested = True
-            sys.stderr.write("\nCtrl-C: stopping; the running epoch is dropped and the best epoch kept "
-                             "(press Ctrl-C again to stop at once)\n")
-        signal.signal(signal.SIGINT, request_stop)
+            self._stop_requested, self._stop_signal = True, signum
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {what} again"
+            sys.stderr.write(f"\n{what}: stopping; the running epoch is dropped and the best epoch kept "
+                             f"({again} to stop at once)\n")
+        previous = {}
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                previous[signum] = signal.signal(signum, request_stop)
         return previous
 
     def _out_of_time(self) -> bool:
