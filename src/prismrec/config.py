@@ -105,6 +105,9 @@ class TrainConfig(Checked):
     learning_rate: PosFloat = 1e-3
     weight_decay: float = 0.0
     patience: PosInt = 20           # stop after this many evaluations without a new best (MMRec stopping_step)
+    # no early stopping before this many epochs: a warm-up for models whose validation metric sits on
+    # a plateau before it takes off (0 = MMRec's rule, stopping may come at any epoch)
+    min_epochs: NonNegInt = 0
     valid_metric: str = "recall@20"
     eval_ks: tuple[int, ...] = (5, 10, 20, 50)
     eval_batch_size: PosInt = 128   # users per scoring block (128 was fastest on baby-like; see ranking.py)
@@ -119,6 +122,8 @@ class TrainConfig(Checked):
     feature_norm: FeatureNorm = "none"
 
     def validate(self):
+        if self.min_epochs > self.epochs:
+            raise ConfigError(f"min_epochs ({self.min_epochs}) must be at most epochs ({self.epochs})")
         if self.device != "cpu":  # refuse rather than silently train on the CPU
             raise ConfigError(f"device must be 'cpu' (GPU training is not implemented yet; scale out with "
                               f"torchrun instead), got {self.device!r}")

@@ -128,6 +128,25 @@ class Stop(Exception):
     pass
 
 
+def test_checkpoint_from_before_a_setting_existed_resumes(tmp_path, tiny):
+    """A checkpoint written before a setting was added (here ``min_epochs``) resumes without
+    permission: its prismrec had no such setting. A setting it did record still counts."""
+    _cut(tiny, tmp_path / "r")
+    path = tmp_path / "r" / "checkpoint.safetensors"
+
+    def older(state):
+        del state["run_config"]["train_config"]["min_epochs"]
+        return state
+    _rewrite(path, state=older)
+    rec = Recommender("bpr", **CFG).fit(tiny, run_dir=tmp_path / "r", show_progress=False, resume=True)
+    assert rec.metrics["epochs"] == CFG["epochs"]
+    _cut(tiny, tmp_path / "r2")
+    _rewrite(tmp_path / "r2" / "checkpoint.safetensors", state=older)
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        Recommender("bpr", **{**CFG, "learning_rate": 0.5}).fit(
+            tiny, run_dir=tmp_path / "r2", show_progress=False, resume=True)
+
+
 def _cut(tiny, run_dir, at=1, **cfg):
     def crash(epoch, rec):
         if epoch == at:

@@ -204,3 +204,18 @@ def test_time_budget_drops_a_running_epoch(tiny, monkeypatch):
     assert rec.metrics["stop_reason"] == "time_budget"
     assert calls["n"] > per_epoch * n_epochs  # batches of a dropped epoch ran
     assert calls["n"] < per_epoch * (n_epochs + 1)  # ... and it was not finished
+
+
+def test_min_epochs_holds_off_early_stopping(tiny):
+    """``min_epochs`` is a warm-up: no early stop before it, the usual rule after it; best epoch
+    selection is unchanged."""
+    lr = dict(learning_rate=0.05, batch_size=256, patience=1, seed=3)
+    free = Recommender("bpr", epochs=200, **lr).fit(tiny, show_progress=False)
+    assert free.metrics["stop_reason"] == "early_stopping"
+    n = free.metrics["epochs"]
+    held = Recommender("bpr", epochs=200, min_epochs=n + 5, **lr).fit(tiny, show_progress=False)
+    assert held.metrics["epochs"] >= n + 5
+    assert held.result.history[n - 1]["valid"] == free.result.history[n - 1]["valid"]  # same run up to there
+    assert held.metrics["stop_reason"] in ("early_stopping", "epochs")
+    with pytest.raises(Exception, match="min_epochs"):
+        Recommender("bpr", epochs=5, min_epochs=6)

@@ -164,7 +164,9 @@ def read_state(path: Path) -> dict | None:
 # -- the run's settings on resume ----------------------------------------------------------------
 def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for every setting that differs (JSON-comparable dicts
-    with ``model``, ``plugins``, ``dataset``, ``train_config`` and ``model_config``)."""
+    with ``model``, ``plugins``, ``dataset``, ``train_config`` and ``model_config``). A config key
+    absent from ``saved`` is not compared: the prismrec that wrote it had no such setting, so a
+    checkpoint outlives the addition of new settings."""
     saved = {k: v if isinstance(v, dict) or k in ("model", "plugins") else {} for k, v in saved.items()}
     diffs = []
     for key in ("model", "plugins"):
@@ -178,8 +180,8 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]
     for section in ("model_config", "train_config"):
         s, c = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(s) | set(c)):
-            if key in seen or key in RUNTIME_KEYS:
-                continue
+            if key in seen or key in RUNTIME_KEYS or key not in s:
+                continue  # a key the saved run lacks is a setting its (older) prismrec did not have
             if _norm(s.get(key)) != _norm(c.get(key)):
                 diffs.append((key, s.get(key), c.get(key)))
                 seen.add(key)

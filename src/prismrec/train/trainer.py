@@ -153,7 +153,7 @@ class Trainer:
         if resume:
             with checkpoint_errors(self.run_dir / CHECKPOINT if self.run_dir is not None else None):
                 start, bad, best_value = self._restore(opt, sched, res)
-            if bad > cfg.patience:  # the interrupted run had already stopped early
+            if bad > cfg.patience and start >= cfg.min_epochs:  # the interrupted run had already stopped early
                 res.stopped_early, res.epochs_run = True, len(res.history)
                 res.stop_reason = "early_stopping"
                 return res
@@ -280,7 +280,7 @@ class Trainer:
                          mean_loss, cfg.valid_metric, value, best_value, res.best_epoch, train_seconds,
                          rec["eval_seconds"])
                 self._write_log(rec)
-            stop = bad > cfg.patience
+            stop = bad > cfg.patience and epoch + 1 >= cfg.min_epochs
             if stop:
                 res.stop_reason = "early_stopping"
             if self.callback is not None and self.callback(epoch, rec) is False:
