@@ -28,10 +28,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         recommender: the Recommender, holding the best epoch's weights (unfitted when no epoch
             finished).
         run_dir: where its bundle was written (``None``: nothing written).
-        signal: the signal number that stopped the run (``signal.SIGINT`` for Ctrl-C).
+        signal: the number of the signal that stopped the run (SIGINT = 2 for Ctrl-C, SIGTERM = 15).
     """
 
-    def __init__(self, message: str, *, recommender: "Recommender", run_dir=None, signal: int = 2):
+    def __init__(self, message: str, *, recommender: "Recommender", run_dir, signal: int):
         super().__init__(message)
         self.recommender, self.run_dir, self.signal = recommender, run_dir, int(signal)
 
@@ -132,13 +132,13 @@ class Recommender:
         if r.interrupted and r.best_epoch < 0:  # no epoch finished: nothing worth a bundle
             self.model = None
             raise TrainingInterrupted("interrupted before the first epoch finished; nothing was saved",
-                                      recommender=self, run_dir=None, signal=r.stop_signal or 2)
+                                      recommender=self, run_dir=None, signal=r.stop_signal)
         if run_dir is not None and (dist is None or dist.rank == 0):
             self.save(run_dir, data_path=data_path)
         if r.interrupted:
             raise TrainingInterrupted(f"interrupted after {r.epochs_run} epoch(s); best epoch {r.best_epoch}"
                                       + (f", bundle written to {run_dir}" if run_dir is not None else ""),
-                                      recommender=self, run_dir=run_dir, signal=r.stop_signal or 2)
+                                      recommender=self, run_dir=run_dir, signal=r.stop_signal)
         return self
 
     def _require_fitted(self) -> Model:

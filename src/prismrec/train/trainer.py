@@ -126,7 +126,7 @@ class Trainer:
             raise PrismrecError(f"the time budget must be > 0 seconds, got {max_seconds}")
         self.max_seconds = max_seconds
         self._t_start = 0.0
-        self._stop_requested = False
+        self._stop_signal: int | None = None  # the signal of a requested stop (checked between batches)
 
     # ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
@@ -195,14 +195,14 @@ class Trainer:
         stop``) into a stop request, checked between batches; a second one stops at once. Returns the
         handlers to restore: none where the caller handles a signal its own way, off the main thread,
         or data-parallel (the other ranks sit in collectives)."""
-        self._stop_requested, self._stop_signal = False, None
+        self._stop_signal = None
         if self.dist is not None or threading.current_thread() is not threading.main_thread():
             return {}
 
         def request_stop(signum, frame):
-            if self._stop_requested:
+            if self._stop_signal is not None:
                 raise KeyboardInterrupt
-            self._stop_requested, self._stop_signal = True, signum
+            self._stop_signal = signum
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {what} again"
             sys.stderr.write(f"\n{what}: stopping; the running epoch is dropped and the best epoch kept "
@@ -231,7 +231,7 @@ class Trainer:
             # a running epoch may be dropped for the budget only once there is a best epoch to keep
             can_drop = self.max_seconds is not None and res.best_epoch >= 0 and self.dist is None
             for batch in bar:
-                if self._stop_requested:
+                if self._stop_signal is not None:
                     raise KeyboardInterrupt
                 if can_drop and self._out_of_time():
                     raise _OutOfTime
@@ -295,7 +295,7 @@ class Trainer:
             if stop:
                 res.stopped_early = True
                 break
-            if self._stop_requested and epoch + 1 < cfg.epochs:  # Ctrl-C during evaluation/checkpoint
+            if self._stop_signal is not None and epoch + 1 < cfg.epochs:  # Ctrl-C during evaluation/checkpoint
                 raise KeyboardInterrupt
             if self._out_of_time() and epoch + 1 < cfg.epochs:
                 res.stop_reason = "time_budget"
