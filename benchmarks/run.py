@@ -4,6 +4,8 @@
     python benchmarks/run.py --data /tmp/baby-like --model lightgcn                 # to early stopping
     python benchmarks/run.py --data /tmp/baby-like --model lightgcn --epochs 5      # -> lightgcn-5ep.json
     python benchmarks/run.py --data /tmp/baby-like --model vbpr --plugin befa       # -> vbpr+befa.json
+    python benchmarks/run.py --data /tmp/baby-like --model mentor --max-minutes 120 --run-dir /work/runs/mentor
+        # a run longer than one sitting: checkpointed each epoch; the same command again resumes it
 
 Speed numbers are only comparable when nothing else runs on the machine; the file records the
 load average before and after the run (``load_avg``) so that a crowded measurement is visible.
@@ -30,8 +32,10 @@ from _results import write_run  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.evaluation import evaluate_splits  # noqa: E402
+from prismrec.train.trainer import CHECKPOINT  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+log = logging.getLogger("benchmarks.run")
 
 
 def time_full_eval(rec, ds, repeats: int = 3) -> float:
@@ -109,6 +113,16 @@ def run_once(args, ds):
     values = parse_overrides(args.set)
     if args.epochs:
         values["epochs"] = args.epochs
+    if args.run_dir:  # checkpointed: a run cut short (budget, session end) continues where it stopped
+        run_dir = Path(args.run_dir)
+        resume = (run_dir / CHECKPOINT).exists()
+        if resume:
+            log.info("resuming from %s", run_dir / CHECKPOINT)
+        rec = Recommender(args.model, plugins=args.plugin, checkpoint=True, **values)
+        load0 = os.getloadavg()[0]
+        rec.fit(ds, run_dir=run_dir, resume=resume, show_progress=False, max_minutes=args.max_minutes,
+                allow_config_change=("epochs",) if resume else ())
+        return rec, load0
     rec = Recommender(args.model, plugins=args.plugin, checkpoint=False, **values)
     load0 = os.getloadavg()[0]
     rec.fit(ds, show_progress=False, max_minutes=args.max_minutes)
@@ -130,7 +144,13 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="time budget of the training: it stops when used up and keeps the best epoch "
                          "(the file's stop_reason says time_budget)")
+    ap.add_argument("--run-dir", default="",
+                    help="checkpoint every epoch into this folder and, when it already holds a checkpoint, "
+                         "resume from it (a long run split over several --max-minutes budgets); "
+                         "the file then covers the whole run, its timings only this call's epochs")
     args = ap.parse_args(argv)
+    if args.run_dir and (len([t for t in args.threads.split(",") if t]) > 1 or args.repeats > 1):
+        ap.error("--run-dir trains one run: give at most one --threads value and no --repeats")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     ds = load_dataset(args.data)
