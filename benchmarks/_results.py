@@ -2,12 +2,40 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from prismrec.bundle import write_json  # noqa: E402
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """What a timing was taken on: architecture, core count, CPU model, the vector instructions
+    torch uses and whether bf16 products are native (``feature_precision="auto"`` picks bf16 only
+    then), torch version. The VM behind this project has changed between sessions (an AVX-512/AMX
+    host and an AVX2-only AMD EPYC), which moves timings by several times and makes ``auto`` resolve
+    differently, so every result file names it."""
+    import torch
+
+    from prismrec.models.layers import resolve_precision
+    bf16 = resolve_precision("auto") == torch.bfloat16
+    return (f"{platform.machine()} {os.cpu_count()} cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, "
+            f"auto precision {'bf16' if bf16 else 'fp32'}), torch {torch.__version__}")
 
 
 def merge_result(path: Path, result: dict, command: str | None = None) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _results import merge_result  # noqa: E402  (puts src/ on the path)
+from _results import machine, merge_result  # noqa: E402  (puts src/ on the path)
 
 from prismrec.serve.index import ExactSearcher, FaissSearcher  # noqa: E402
 
@@ -95,7 +94,7 @@ def main(argv=None) -> dict:
                 "command": shlex.join(["python", "benchmarks/ann_recall.py",
                                        *(argv if argv is not None else sys.argv[1:])]),
                 "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
-                "machine": platform.machine(), "faiss": faiss.__version__,
+                "machine": machine(), "faiss": faiss.__version__,
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
     }
     merge_result(args.out, result)

@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _results import write_run  # noqa: E402  (puts src/ on the path)
+from _results import machine, write_run  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.evaluation import evaluate_splits  # noqa: E402
@@ -141,7 +140,7 @@ def main(argv=None):
         "recall@20_rel_gap": (round(ddp["test"]["recall@20"] / single["test"]["recall@20"] - 1.0, 5)
                               if single else None),
         "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     write_run(args.out, ds.name, name, out,

@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from _results import machine  # noqa: E402
 from prismrec.features import extract, get_encoder, registered_encoders  # noqa: E402
 
 WORDS = ("soft cotton baby blanket stroller organic bottle warmer travel crib sheet plush toy wooden teether "
@@ -123,7 +123,7 @@ def main(argv=None):
                              for m in ("text", "image", "audio")},
         "torch_threads": torch.get_num_threads(),
         "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     dest = Path(args.out)

@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _results import machine  # noqa: E402
 from prismrec.bundle import write_json  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.tasks.music import evaluate_model, fit, load_music, make_music_synthetic  # noqa: E402
@@ -58,7 +58,7 @@ def run(ds, model: str, values: dict, name: str, out: Path, argv: list[str]) -> 
         "valid_curve": [round(h["valid"][res.train_config.valid_metric], 4) for h in res.history],
         "data": ds.info(),
         "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     dest = out / ds.name / f"{name}.json"

@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from _results import write_run  # noqa: E402  (puts src/ on the path)
+from _results import machine, write_run  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.evaluation import evaluate_splits  # noqa: E402
@@ -202,7 +201,7 @@ def main(argv=None):
         "valid": {k: round(v, 5) for k, v in m["valid"].items()},
         "test": {k: round(v, 5) for k, v in m["test"].items()},
         "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     if run["best_test_epoch"] is not None:  # DiffMM's protocol, read from the same run's history

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _results import machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (100_000, 300_000, 1_000_000)
@@ -268,7 +268,7 @@ def write_outputs(rows: list[dict], out: Path, meta: dict | None = None) -> None
     from prismrec.bundle import write_json
     from prismrec.cli import format_table
     rows = sorted(rows, key=lambda r: (r["model"], r["users"]))
-    meta = meta or {"machine": f"{platform.machine()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d"),
+    meta = meta or {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
                     "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
     write_json(out / "scale.json", {"meta": meta, "rows": rows})
     intro = (f"One epoch per row at batch {rows[0]['batch_size'] if rows else '-'}, with the real Trainer; "

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shlex
 import socket
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import merge_result  # noqa: E402  (puts src/ on the path)
+from _results import machine, merge_result  # noqa: E402  (puts src/ on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 HOST = "127.0.0.1"  # never anything but loopback
@@ -227,7 +226,7 @@ def main(argv=None) -> dict:
                  "p90_ms": round(float(ms[1]), 2), "p999_ms": round(float(ms[3]), 2),
                  "server": f"uvicorn ({http}, {loop}), 1 process, torch threads {args.threads}", "command": command,
                  "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
-                 "machine": platform.machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                 "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
     }
     merge_result(args.out, result, command)
     return result
