@@ -32,8 +32,8 @@ def machine() -> str:
     differently, so every result file names it."""
     import torch
 
-    from prismrec.models.layers import resolve_precision
-    bf16 = resolve_precision("auto") == torch.bfloat16
+    from prismrec.models.layers import native_bf16
+    bf16 = native_bf16()
     return (f"{platform.machine()} {os.cpu_count()} cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, "
             f"auto precision {'bf16' if bf16 else 'fp32'}), torch {torch.__version__}")
 
