@@ -1,7 +1,6 @@
 """DiffMM (Jiang et al., ACM MM 2024): multi-modal graph diffusion, as in the official code."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 import typing
 from typing import Literal
@@ -16,12 +15,12 @@ from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, 
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate, sym_normalize
 from prismrec.models.base import JointTable, Model, ModelConfig, adam, register
 from prismrec.models.layers import (
+    InteractionDenoiser,
     Precision,
-    betas_from_alpha_bar,
     dot,
     info_nce_all,
+    linear_variance_schedule,
     resolve_precision,
-    timestep_embedding,
     xavier_param,
 )
 
@@ -60,31 +59,6 @@ class DiffMMConfig(ModelConfig):
     def validate(self):
         if not 0 < self.noise_scale * self.noise_min <= self.noise_scale * self.noise_max < 1:
             raise ValueError("noise_scale * noise_min and noise_scale * noise_max must lie in (0, 1), min <= max")
-
-
-class Denoiser(nn.Module):
-    """``x̂_0 = W_o tanh(W_x x_t + W_τ φ(τ(t)) + b) + b_o``: predicts the clean interaction vector."""
-
-    def __init__(self, n_items: int, hidden: int, time_dim: int, dropout: float):
-        super().__init__()
-        self.time = nn.Linear(time_dim, time_dim)
-        self.inp = nn.Linear(n_items + time_dim, hidden)
-        self.out = nn.Linear(hidden, n_items)
-        self.drop = nn.Dropout(dropout)
-        for layer in (self.time, self.inp, self.out):  # Xavier-normal weights, near-zero biases
-            nn.init.normal_(layer.weight, 0.0, (2.0 / sum(layer.weight.shape)) ** 0.5)
-            nn.init.normal_(layer.bias, 0.0, 1e-3)
-
-    def step_bias(self, t: torch.Tensor) -> torch.Tensor:
-        """``W_τ φ(τ(t)) + b`` ``[len(t), H]``."""
-        n_items = self.out.out_features
-        emb = self.time(timestep_embedding(t, self.time.in_features))
-        return emb @ self.inp.weight[:, n_items:].T + self.inp.bias
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        w_x = self.inp.weight[:, : self.out.out_features]
-        h = torch.tanh(self.drop(x) @ w_x.T + self.step_bias(t))                 # [B, H]
-        return self.out(h)                                                       # [B, I]
 
 
 @register("diffmm")
@@ -152,37 +126,22 @@ class DiffMM(JointTable, Model):
             self.proj = nn.ParameterDict({m: xavier_param(dims[m], d)
                                           for m in self.modalities})
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
-        self.denoisers = nn.ModuleDict({m: Denoiser(self.n_items, c.hidden_dim, c.time_dim, c.denoise_dropout)
-                                        for m in self.modalities})
+        self.denoisers = nn.ModuleDict({m: InteractionDenoiser(self.n_items, c.hidden_dim, c.time_dim,
+                                                               c.denoise_dropout) for m in self.modalities})
         self._denoise_opt: torch.optim.Optimizer | None = None
         self.low = resolve_precision(c.precision) == torch.bfloat16
         self.cl_dtype = resolve_precision(c.cl_precision)
-        self._schedule()
+        for name, v in linear_variance_schedule(c.noise_scale, c.noise_min, c.noise_max, c.steps).items():
+            self.register_buffer(name, v, persistent=False)     # alpha_bar, loss_weight, coef_x0, coef_xt
         for m in self.modalities:  # generated items per user (-1: none yet) and the edge-dropout seed
             self.register_buffer(f"gen_{m}", torch.full((self.n_users, c.rebuild_k), -1, dtype=torch.long))
         self.register_buffer("gen_seed", torch.zeros((), dtype=torch.long))
         self._graphs: tuple | None = None
 
-    def _schedule(self) -> None:
-        c = self.config
-        variance = torch.linspace(c.noise_scale * c.noise_min, c.noise_scale * c.noise_max, c.steps, dtype=torch.float64)
-        betas = betas_from_alpha_bar(1 - variance, 0.0, 0.999, first_beta=1e-4)
-        ab = torch.cumprod(1 - betas, 0)
-        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-        snr = ab / (1 - ab)
-        weight = torch.cat([torch.ones(1, dtype=torch.float64), snr[:-1] - snr[1:]])  # w_0 = 1
-        for name, v in (("alpha_bar", ab), ("loss_weight", weight),
-                        ("coef_x0", betas * ab_prev.sqrt() / (1 - ab)),                 # posterior mean of
-                        ("coef_xt", (1 - ab_prev) * (1 - betas).sqrt() / (1 - ab))):    # q(x_{t-1} | x_t, x̂_0)
-            self.register_buffer(name, v.float(), persistent=False)
-
     def configure_optimizer(self, learning_rate, weight_decay):
         # the denoisers are trained in on_epoch_start by their own optimiser
         return adam([p for n, p in self.named_parameters() if not n.startswith("denoisers.")],
                     learning_rate, weight_decay)
-
-    def _low(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.low else contextlib.nullcontext()
 
     # -- diffusion ----------------------------------------------------------------------------
     def modality_features(self, m: str) -> torch.Tensor:
@@ -202,7 +161,7 @@ class DiffMM(JointTable, Model):
                 feats = self.modality_features(m)                                   # [I, d]
             t = torch.randint(0, self.config.steps, (len(users),))
             ab = self.alpha_bar[t][:, None]
-            with self._low():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.low):
                 pred = den(ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn_like(x0), t)
                 pred_emb = pred @ feats                                             # [B, d]
             mse = (x0 - pred.float()).pow(2).mean(dim=1)
@@ -210,31 +169,11 @@ class DiffMM(JointTable, Model):
             total = total + (self.loss_weight[t] * mse).mean() + self.config.gc_weight * gc.mean()
         return total
 
-    @torch.no_grad()
-    def chain_weights(self, m: str) -> tuple[torch.Tensor, ...]:
-        """``(W_xᵀ [I, H], W_x W_o [H, H], W_x b_o [H])`` of modality ``m``'s denoiser, for :meth:`generate`."""
-        den = self.denoisers[m]
-        w_x = den.inp.weight[:, : self.n_items]
-        return w_x.T.contiguous(), w_x @ den.out.weight, w_x @ den.out.bias
-
-    @torch.no_grad()
     def generate(self, m: str, users: torch.Tensor, chain: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """The reverse chain ``x_T = x_u``, ``x_{t-1} = c_0(t) x̂_0(x_t, t) + c_t(t) x_t`` (dropout
-        off), run in the denoiser's hidden space: ``W_x x̂_0 = (W_x W_o) h + W_x b_o``. Returns
-        ``x_0 [B, I]``; ``chain`` is :meth:`chain_weights` (computed when None)."""
-        den = self.denoisers[m]
-        w_xt, m_hh, w_b = chain if chain is not None else self.chain_weights(m)
-        rows = self.train_csr[users.numpy()]
-        z = SparseMatrix(rows, symmetric=False) @ w_xt                              # W_x x_t [B, H]
-        s, alpha, beta = torch.zeros_like(z), 1.0, 0.0   # x_t = alpha x_u + W_o s + beta b_o
-        for i in reversed(range(self.config.steps)):
-            h = torch.tanh(z + den.step_bias(torch.tensor([i])))
-            c0, ct = self.coef_x0[i], self.coef_xt[i]
-            z = c0 * (h @ m_hh.T + w_b) + ct * z
-            s, alpha, beta = c0 * h + ct * s, ct * alpha, c0 + ct * beta
-        with self._low():
-            x = torch.addmm(beta * den.out.bias, s, den.out.weight.T).float()      # [B, I]
-        return x + alpha * torch.from_numpy(rows.toarray()) if float(alpha) != 0 else x
+        """``x_0 [B, I]`` of the deterministic reverse chain from the users' own interaction rows
+        (:meth:`~prismrec.models.layers.InteractionDenoiser.reverse_chain`)."""
+        schedule = {"coef_x0": self.coef_x0, "coef_xt": self.coef_xt}
+        return self.denoisers[m].reverse_chain(self.train_csr[users.numpy()], schedule, self.low, chain)
 
     def on_epoch_start(self, epoch):
         c = self.config
@@ -248,7 +187,7 @@ class DiffMM(JointTable, Model):
             self._denoise_opt.step()
         self.denoisers.eval()
         for m in self.modalities:
-            gen, chain = getattr(self, f"gen_{m}"), self.chain_weights(m)
+            gen, chain = getattr(self, f"gen_{m}"), self.denoisers[m].chain_weights()
             for users in batches:
                 gen[users] = torch.topk(self.generate(m, users, chain), c.rebuild_k, dim=1).indices
         self.denoisers.train(self.training)

@@ -360,6 +360,76 @@ def betas_from_alpha_bar(alpha_bar: torch.Tensor, beta_min: float = 0.0, beta_ma
     return betas
 
 
+def linear_variance_schedule(scale: float, low: float, high: float, steps: int) -> dict[str, torch.Tensor]:
+    """DiffRec's Gaussian schedule: noise variances ``1 - ᾱ_t`` linear from ``scale·low`` to
+    ``scale·high`` over ``steps`` steps (β_0 fixed at 1e-4). Returns float32 tensors ``[steps]``:
+    ``alpha_bar``; ``loss_weight`` ``SNR(t-1) - SNR(t)`` (1 at t = 0), the reconstruction loss's
+    per-step weight; ``coef_x0``, ``coef_xt``, the posterior mean of ``q(x_{t-1} | x_t, x̂_0)``
+    as ``coef_x0 · x̂_0 + coef_xt · x_t``."""
+    variance = torch.linspace(scale * low, scale * high, steps, dtype=torch.float64)
+    betas = betas_from_alpha_bar(1 - variance, 0.0, 0.999, first_beta=1e-4)
+    ab = torch.cumprod(1 - betas, 0)
+    ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    snr = ab / (1 - ab)
+    out = {"alpha_bar": ab, "loss_weight": torch.cat([torch.ones(1, dtype=torch.float64), snr[:-1] - snr[1:]]),
+           "coef_x0": betas * ab_prev.sqrt() / (1 - ab), "coef_xt": (1 - ab_prev) * (1 - betas).sqrt() / (1 - ab)}
+    return {k: v.float() for k, v in out.items()}
+
+
+class InteractionDenoiser(torch.nn.Module):
+    """``x̂_0 = W_o tanh(W_x δ(x_t) + W_τ φ(τ(t)) + b) + b_o`` over interaction vectors ``[B, I]``
+    (DiffRec's / DiffMM's one-hidden-layer denoiser; ``τ`` the sinusoidal step embedding, ``φ`` a
+    linear map, ``δ`` dropout). Weights start Xavier-normal, biases N(0, 1e-3²)."""
+
+    def __init__(self, n_items: int, hidden: int, time_dim: int, dropout: float):
+        super().__init__()
+        self.time = torch.nn.Linear(time_dim, time_dim)
+        self.inp = torch.nn.Linear(n_items + time_dim, hidden)
+        self.out = torch.nn.Linear(hidden, n_items)
+        self.drop = torch.nn.Dropout(dropout)
+        for layer in (self.time, self.inp, self.out):
+            torch.nn.init.normal_(layer.weight, 0.0, (2.0 / sum(layer.weight.shape)) ** 0.5)
+            torch.nn.init.normal_(layer.bias, 0.0, 1e-3)
+
+    def step_bias(self, t: torch.Tensor) -> torch.Tensor:
+        """``W_τ φ(τ(t)) + b`` ``[len(t), H]``."""
+        emb = self.time(timestep_embedding(t, self.time.in_features))
+        return emb @ self.inp.weight[:, self.out.out_features:].T + self.inp.bias
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w_x = self.inp.weight[:, : self.out.out_features]
+        return self.out(torch.tanh(self.drop(x) @ w_x.T + self.step_bias(t)))     # [B, I]
+
+    @torch.no_grad()
+    def chain_weights(self) -> tuple[torch.Tensor, ...]:
+        """``(W_xᵀ [I, H], W_x W_o [H, H], W_x b_o [H])``: what :meth:`reverse_chain` multiplies."""
+        w_x = self.inp.weight[:, : self.out.out_features]
+        return w_x.T.contiguous(), w_x @ self.out.weight, w_x @ self.out.bias
+
+    @torch.no_grad()
+    def reverse_chain(self, rows, schedule: dict[str, torch.Tensor], low: bool = False,
+                      chain: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """The deterministic reverse chain from ``x_T = x_u`` (a scipy CSR of the users' rows),
+        ``x_{t-1} = coef_x0(t) x̂_0(x_t, t) + coef_xt(t) x_t`` down to ``x_0 [B, I]`` (dropout off).
+
+        Run in the hidden space: the chain keeps ``x_t = α x_u + W_o s + β b_o`` and ``z = W_x x_t``,
+        and ``W_x x̂_0 = (W_x W_o) h + W_x b_o``, so each step costs ``[B, H] x [H, H]`` and only the
+        last ``x_0`` is ``[B, I]`` (bf16 inputs with ``low``). ``chain``: :meth:`chain_weights`, when
+        the caller runs many batches."""
+        from prismrec.graphs import SparseMatrix
+        w_xt, m_hh, w_b = chain if chain is not None else self.chain_weights()
+        z = SparseMatrix(rows, symmetric=False) @ w_xt                              # W_x x_u [B, H]
+        s, alpha, beta = torch.zeros_like(z), 1.0, 0.0
+        for i in reversed(range(len(schedule["coef_x0"]))):
+            h = torch.tanh(z + self.step_bias(torch.tensor([i])))
+            c0, ct = schedule["coef_x0"][i], schedule["coef_xt"][i]
+            z = c0 * (h @ m_hh.T + w_b) + ct * z
+            s, alpha, beta = c0 * h + ct * s, ct * alpha, c0 + ct * beta
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            x = torch.addmm(beta * self.out.bias, s, self.out.weight.T).float()     # [B, I]
+        return x + alpha * torch.from_numpy(rows.toarray()) if float(alpha) != 0 else x
+
+
 class _FrozenProjection(torch.autograd.Function):
     """``X Wᵀ (+ b)`` from a kept bf16 copy of a fixed table ``X`` (no gradient for ``X``): the
     forward and ``∂W`` products take bf16 inputs with fp32 accumulation."""
