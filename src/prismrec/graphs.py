@@ -192,8 +192,11 @@ class _Propagate(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # modality kNN item graphs
 # ---------------------------------------------------------------------------------------------
-def knn_topk(x: torch.Tensor, k: int, block_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_topk(x: torch.Tensor, k: int, block_size: int = 1024, shrink: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` cosine similarities of every row of ``x`` with all rows (self included), no grad.
+
+    With ``shrink > 0`` the similarity is the shrunk cosine ``x_i·x_j / (|x_i| |x_j| + shrink)``
+    (item-based kNN's damping: pairs of small-norm rows count less).
 
     Row blocks of ``block_size x n`` similarities (never ``n x n``), written into one reused
     buffer (a fresh block per product would be page-faulted in each time).
@@ -203,7 +206,9 @@ def knn_topk(x: torch.Tensor, k: int, block_size: int = 1024) -> tuple[torch.Ten
     """
     with torch.no_grad():
         x = x.detach().float()
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        norms = x.norm(dim=1)
+        if shrink == 0:
+            x = x / norms[:, None].clamp_min(1e-12)
         n, k = x.shape[0], min(k, x.shape[0])
         xt = x.T.contiguous()
         buf = torch.empty(min(block_size, n), n, dtype=x.dtype, device=x.device)
@@ -212,6 +217,8 @@ def knn_topk(x: torch.Tensor, k: int, block_size: int = 1024) -> tuple[torch.Ten
         for s in range(0, n, block_size):
             e = min(s + block_size, n)
             sim = torch.mm(x[s:e], xt, out=buf[: e - s])
+            if shrink:
+                sim.div_(torch.outer(norms[s:e], norms).add_(shrink))
             torch.topk(sim, k, dim=1, out=(vals[s:e], cols[s:e]))
     return vals, cols
 
