@@ -67,6 +67,13 @@ def test_torchrun_without_distributed_is_refused(tmp_path, mmrec_dir, monkeypatc
     assert not (tmp_path / "x").exists()
 
 
+def test_train_of_a_model_without_training_says_so(tmp_path, mmrec_dir):
+    r = runner.invoke(app, ["train", "--data", str(mmrec_dir), "--model", "itemknncbf", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    assert "no training (itemknncbf is built, not trained)" in r.output and "s/epoch" not in r.output
+    assert (tmp_path / "x" / "weights.safetensors").is_file()
+
+
 def test_bad_data_is_a_clear_error(tmp_path):
     r = runner.invoke(app, ["datasets", "info", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no such file or folder" in r.output

@@ -252,8 +252,9 @@ def _train(data, model, values, plugins, out, resume, distributed, quiet, max_mi
                         f"epoch(s); kept best epoch {m['best_epoch']}"
                         + (f"; continue with: {_resume_command()}" if rec.train_config.checkpoint else ""),
                         err=True, fg=typer.colors.YELLOW)
-        typer.echo(f"best epoch {m['best_epoch']} of {m['epochs']}; {m['sec_per_epoch']:.2f} s/epoch; "
-                   f"bundle in {out}")
+        typer.echo((f"best epoch {m['best_epoch']} of {m['epochs']}; {m['sec_per_epoch']:.2f} s/epoch; "
+                    if rec.model_cls.trainable else f"no training ({rec.model_name} is built, not trained); ")
+                   + f"bundle in {out}")
         typer.echo(format_table([{"split": s, **{k: m[s].get(k, float('nan')) for k in
                                                  ('recall@10', 'recall@20', 'ndcg@10', 'ndcg@20')}}
                                  for s in ("valid", "test") if m.get(s)],

@@ -336,8 +336,8 @@ def tune(dataset: Dataset, model: str, n_trials: int, run_dir: str | Path, *, pl
         trial.set_user_attr("epochs", m["epochs"])
         trial.set_user_attr("test", {k: v for k, v in m["test"].items() if k.endswith(("@10", "@20"))})
         value = m["valid"].get(metric, float("nan"))
-        log.info("trial %d %s: %s %.4f (best epoch %d of %d)", trial.number,
-                 "pruned" if pruned else "done", metric, value, m["best_epoch"], m["epochs"])
+        where = f"best epoch {m['best_epoch']} of {m['epochs']}" if rec.model_cls.trainable else "no training"
+        log.info("trial %d %s: %s %.4f (%s)", trial.number, "pruned" if pruned else "done", metric, value, where)
         if pruned:
             raise optuna.TrialPruned()
         return value
