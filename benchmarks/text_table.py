@@ -15,13 +15,19 @@ from pathlib import Path
 
 from table import fmt, md_table, write_readme  # one number format and one table renderer for every README
 
+from prismrec.models import get_model_class  # noqa: E402  (table puts src/ on the path)
+
 HERE = Path(__file__).resolve().parent
 ORDER = ("pop", "bpr", "lightgcn", "vbpr", "freedom", "mgcn")
 PAIRS = (("vbpr", "bpr"), ("freedom", "lightgcn"), ("mgcn", "lightgcn"))
 
 
+def trained(r: dict) -> bool:
+    return get_model_class(r["model"]).trainable
+
+
 def stop(r: dict) -> str:
-    if r.get("model") == "pop":
+    if not trained(r):
         return "—"
     if r.get("stopped_early"):
         return "early"
@@ -45,10 +51,10 @@ def main(dataset: str) -> Path:
     rows = []
     for n in names:
         r = runs[n]
-        text = "yes" if r.get("model_config", {}).get("modalities") or n in ("vbpr", "freedom", "mgcn") else "no"
+        text = "yes" if get_model_class(r["model"]).uses_features else "no"
         rel = (f"{r['test']['recall@20'] / pop['recall@20']:.2f}×" if pop.get("recall@20") else "—")
         rows.append([
-            n, text if n != "pop" else "no", fmt(r.get("epochs")), stop(r), fmt(r.get("best_epoch")),
+            n, text, fmt(r.get("epochs")), stop(r), fmt(r.get("best_epoch")),
             fmt(r["valid"].get("recall@20")), fmt(r["valid"].get("ndcg@20")),
             fmt(r["test"].get("recall@20")), fmt(r["test"].get("ndcg@20")), rel,
             fmt(r.get("sec_per_epoch"), 2), fmt((r.get("load_avg") or [None])[0], 1)])
