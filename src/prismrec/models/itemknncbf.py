@@ -15,8 +15,9 @@ from prismrec.models.base import Model, ModelConfig, register
 @dataclass(frozen=True)
 class ItemKNNCBFConfig(ModelConfig):
     # defaults: MMRec's ItemKNNCBF.yaml (knn_k [10], shrink [10])
-    knn_k: PosInt = tunable(10, choices=(5, 10, 20, 50, 100))    # neighbours kept per item (itself included)
-    shrink: NonNegFloat = tunable(10.0, 0.0, 100.0)               # damping of the cosine's denominator
+    knn_k: PosInt = tunable(10, choices=(5, 10, 20, 50, 100, 200))  # neighbours kept per item (itself included)
+    # damping of the cosine's denominator; its scale follows the feature norms (4,096-d CNN rows: ~64 each)
+    shrink: NonNegFloat = tunable(10.0, 0.1, 1000.0, log=True)
 
 
 @register("itemknncbf")
