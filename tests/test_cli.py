@@ -1,5 +1,6 @@
 """The command line: train -> evaluate -> recommend on a tiny MMRec folder; errors without tracebacks."""
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -159,6 +160,7 @@ def test_train_log_and_typed_config(trained):
     _, run = trained
     log = (run / "train.log").read_text()
     assert f"prismrec {__version__}" in log and "# command: prismrec" in log and "epoch 2 " in log
+    assert re.search(r"CPUs \(\w+, auto precision (bf16|fp32)\)", log)  # the machine a timing came from
     saved = json.loads((run / "config.json").read_text())["config"]
     assert saved["epochs"] == 3 and saved["learning_rate"] == 0.01 and saved["batch_size"] == 256
 
