@@ -7,11 +7,14 @@ from prismrec import Recommender
 from prismrec.errors import PrismrecError
 from prismrec.models import registered_models
 from prismrec.models.base import Model
+from prismrec.plugins import get_plugin
 from tests.models.helpers import check_serve_round_trip, check_trains_with_plugin
 
 MODELS = sorted(registered_models())
 # the models whose feature plug-ins and served bundle are checked end to end, with the settings that keep them small
 END_TO_END = {"diffmm": {"hidden_dim": 16}, "pgl": {}, "smore": {}}
+# models that read their features once, to build fixed structures: a feature plug-in would change nothing
+READ_ONCE = sorted(n for n, c in registered_models().items() if c.uses_features and not c.features_in_training)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +132,14 @@ def test_trains_with_feature_plugins(name, plugin, tiny):
 @pytest.mark.parametrize("name", sorted(END_TO_END))
 def test_serve_round_trip(name, tiny, tmp_path):
     check_serve_round_trip(name, tiny, tmp_path, **END_TO_END[name])
+
+
+@pytest.mark.parametrize("plugin", ["befa", "erl"])
+@pytest.mark.parametrize("name", READ_ONCE)
+def test_feature_plugins_refuse_models_that_read_features_once(name, plugin):
+    with pytest.raises(PrismrecError, match=f"plug-in '{plugin}' .* '{name}' reads them only once"):
+        get_plugin(plugin)(name)
+
+
+def test_read_once_models_are_listed():
+    assert {"damrs", "itemknncbf"} <= set(READ_ONCE)

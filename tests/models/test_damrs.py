@@ -9,12 +9,11 @@ import torch.nn.functional as F
 from prismrec import Recommender
 from prismrec.config import resolve
 from prismrec.data.sampler import PairwiseSampler
-from prismrec.errors import ConfigError, PrismrecError
+from prismrec.errors import ConfigError
 from prismrec.graphs import agreed_knn_graphs, item_behaviour_graph
 from prismrec.models import build_model
 from prismrec.models.damrs import DAMRS, DAMRSConfig
 from prismrec.models.layers import graded_neighbour_contrast, graded_neighbours, topk_indices
-from prismrec.plugins import get_plugin
 from tests.models.helpers import assert_loss_and_grads_match, check_serve_round_trip
 
 
@@ -241,12 +240,6 @@ def test_learns_beating_most_popular_and_round_trips(tiny, tmp_path):
     assert rec.metrics["test"]["recall@20"] > pop.metrics["test"]["recall@20"] + 0.03
     loaded = Recommender.load(tmp_path)
     np.testing.assert_allclose(loaded.score(np.arange(6)), rec.score(np.arange(6)), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("plugin", ["befa", "erl"])
-def test_feature_plugins_refuse_it_as_they_would_change_nothing(plugin):
-    with pytest.raises(PrismrecError, match=f"plug-in '{plugin}' .* 'damrs' reads them only once"):
-        get_plugin(plugin)("damrs")
 
 
 def test_serve_round_trip(tiny, tmp_path):

@@ -9,7 +9,6 @@ from prismrec.errors import PrismrecError
 from prismrec.graphs import knn_topk
 from prismrec.models import build_model
 from prismrec.models.itemknncbf import ItemKNNCBF, ItemKNNCBFConfig
-from prismrec.plugins import get_plugin
 from tests.models.helpers import check_config_names_field, check_serve_round_trip, check_tunable
 
 
@@ -81,12 +80,6 @@ def test_needs_features():
     ds = make_synthetic(60, 40, seed=0, modalities={})
     with pytest.raises(PrismrecError, match="needs at least 1 modality"):
         build_model("itemknncbf", ds)
-
-
-@pytest.mark.parametrize("plugin", ["befa", "erl"])
-def test_feature_plugins_refuse_it(plugin):
-    with pytest.raises(PrismrecError, match=f"plug-in '{plugin}'"):
-        get_plugin(plugin)("itemknncbf")
 
 
 def test_serve_round_trip(tiny, tmp_path):
