@@ -32,10 +32,8 @@ def machine() -> str:
     differently, so every result file names it."""
     import torch
 
-    from prismrec.models.layers import native_bf16
-    bf16 = native_bf16()
-    return (f"{platform.machine()} {os.cpu_count()} cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, "
-            f"auto precision {'bf16' if bf16 else 'fp32'}), torch {torch.__version__}")
+    from prismrec.models.layers import precision_summary
+    return f"{platform.machine()} {os.cpu_count()} cpu ({cpu_model()}, {precision_summary()}), torch {torch.__version__}"
 
 
 def merge_result(path: Path, result: dict, command: str | None = None) -> dict:

@@ -112,19 +112,16 @@ def run_once(args, ds):
     values = parse_overrides(args.set)
     if args.epochs:
         values["epochs"] = args.epochs
+    fit_kw = {}
     if args.run_dir:  # checkpointed: a run cut short (budget, session end) continues where it stopped
-        run_dir = Path(args.run_dir)
-        resume = (run_dir / CHECKPOINT).exists()
+        resume = (Path(args.run_dir) / CHECKPOINT).exists()
         if resume:
-            log.info("resuming from %s", run_dir / CHECKPOINT)
-        rec = Recommender(args.model, plugins=args.plugin, checkpoint=True, **values)
-        load0 = os.getloadavg()[0]
-        rec.fit(ds, run_dir=run_dir, resume=resume, show_progress=False, max_minutes=args.max_minutes,
-                allow_config_change=("epochs",) if resume else ())
-        return rec, load0
-    rec = Recommender(args.model, plugins=args.plugin, checkpoint=False, **values)
+            log.info("resuming from %s", Path(args.run_dir) / CHECKPOINT)
+        fit_kw = {"run_dir": Path(args.run_dir), "resume": resume,
+                  "allow_config_change": ("epochs",) if resume else ()}
+    rec = Recommender(args.model, plugins=args.plugin, checkpoint=bool(args.run_dir), **values)
     load0 = os.getloadavg()[0]
-    rec.fit(ds, show_progress=False, max_minutes=args.max_minutes)
+    rec.fit(ds, show_progress=False, max_minutes=args.max_minutes, **fit_kw)
     return rec, load0
 
 

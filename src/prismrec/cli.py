@@ -405,14 +405,12 @@ class _RunLogHandler(logging.FileHandler):
         import torch
 
         from prismrec import __version__
-        from prismrec.models.layers import native_bf16
+        from prismrec.models.layers import precision_summary
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         stream = super()._open()
-        # the vector ISA and native bf16 decide how fast a run is and what precision "auto" picks
         stream.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  prismrec {__version__}, Python "
                      f"{platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs "
-                     f"({torch.backends.cpu.get_cpu_capability()}, auto precision "
-                     f"{'bf16' if native_bf16() else 'fp32'})\n# command: {_command_line()}\n")
+                     f"({precision_summary()})\n# command: {_command_line()}\n")
         return stream
 
 

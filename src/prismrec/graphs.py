@@ -224,7 +224,7 @@ def knn_topk(x: torch.Tensor, k: int, block_size: int = 1024, shrink: float = 0.
 
 
 def knn_graph(features: np.ndarray | torch.Tensor, k: int, *, weighted: bool = True,
-              block_size: int = 2048) -> sp.csr_matrix:
+              block_size: int = 2048, shrink: float = 0.0) -> sp.csr_matrix:
     """Top-``k`` cosine-similarity neighbours of every item (self included), unnormalised.
 
     Built in row blocks (:func:`knn_topk`) so that memory is ``O(block_size · n_items)``, not ``O(n_items²)``.
@@ -237,7 +237,7 @@ def knn_graph(features: np.ndarray | torch.Tensor, k: int, *, weighted: bool = T
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     n = x.shape[0]
     k = min(k, n)
-    vals, cols = knn_topk(x, k, block_size)
+    vals, cols = knn_topk(x, k, block_size, shrink=shrink)
     data = vals.numpy().ravel() if weighted else np.ones(n * k, np.float32)
     m = sp.csr_matrix((data, cols.numpy().ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     m.sort_indices()

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from prismrec.config import NonNegFloat, PosInt, tunable
-from prismrec.graphs import knn_topk
+from prismrec.graphs import knn_graph
 from prismrec.models.base import Model, ModelConfig, register
 
 
@@ -54,11 +54,7 @@ class ItemKNNCBF(Model):
     def setup(self, dataset):
         cfg = self.config
         x = torch.cat([self.features(m) for m in self.modalities], dim=1)
-        vals, cols = knn_topk(x, cfg.knn_k, shrink=cfg.shrink)                  # [I, k] each
-        n, k = cols.shape
-        self.sim = sp.csr_matrix((vals.numpy().ravel(), cols.numpy().ravel(), np.arange(0, n * k + 1, k)),
-                                 shape=(n, n))                                      # S
-        self.sim.sort_indices()
+        self.sim = knn_graph(x, cfg.knn_k, shrink=cfg.shrink)                      # S, k entries a row
         self.sim_t = self.sim.T.tocsr()                                             # Sᵀ: an item's column as a row
         r = sp.csr_matrix(dataset.train, dtype=np.float32, copy=True)
         r.data[:] = 1.0

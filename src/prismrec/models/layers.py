@@ -47,6 +47,12 @@ def native_bf16(device: str = "cpu") -> bool:
     return device.startswith("cuda") or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
 
 
+def precision_summary() -> str:
+    """``"<vector ISA torch uses>, auto precision bf16|fp32"``: what decides how fast a CPU run is and
+    what ``"auto"`` resolves to (recorded in ``train.log`` and the benchmarks' result files)."""
+    return f"{torch.backends.cpu.get_cpu_capability()}, auto precision {'bf16' if native_bf16() else 'fp32'}"
+
+
 def resolve_precision(name: str, device: str = "cpu") -> torch.dtype:
     """``"float32"``/``"bfloat16"``, or ``"auto"``: bfloat16 where the hardware multiplies it natively.
 
