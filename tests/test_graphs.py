@@ -39,6 +39,19 @@ def test_bipartite_adjacency_shape_and_symmetry(tiny):
     assert a.nnz == 2 * tiny.train.nnz
 
 
+
+def test_binary_csr_counts_a_repeated_pair_once():
+    # an uncanonical CSR: user 0 holds item 1 twice, with weights; user 1 an explicit zero
+    m = sp.csr_matrix((np.array([3.0, 2.0, 5.0, 0.0]), np.array([1, 1, 2, 0]), np.array([0, 3, 4])), shape=(2, 3))
+    assert not m.has_canonical_format
+    b = graphs.binary_csr(m)
+    np.testing.assert_array_equal(b.toarray(), [[0, 1, 1], [1, 0, 0]])
+    assert b.dtype == np.float32 and m.data.tolist() == [3.0, 2.0, 5.0, 0.0]   # the input is left alone
+    # the user-user co-occurrence counts read the binary matrix: the repeated pair does not count twice
+    r = sp.csr_matrix((np.ones(4), np.array([1, 1, 2, 1]), np.array([0, 3, 4])), shape=(2, 3))
+    c = graphs.cooccurrence_topk(r, 1, cache=False)
+    assert c[0, 1] == 1.0 and c[1, 0] == 1.0
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sparse_matmul_autograd_matches_dense(symmetric):
     rng = np.random.default_rng(1)

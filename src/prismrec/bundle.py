@@ -50,6 +50,7 @@ from safetensors.torch import load as load_pt_bytes, save_file as save_pt
 from prismrec import __version__
 from prismrec.data.dataset import Dataset
 from prismrec.errors import BundleError
+from prismrec.graphs import binary_csr
 
 log = logging.getLogger("prismrec")
 MANIFEST = "manifest.json"
@@ -524,10 +525,7 @@ def _interactions(f: Path, t: dict, n_users: int, n_items: int) -> sp.csr_matrix
     if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
         bad = int(np.flatnonzero((indices < 0) | (indices >= n_items))[0])
         raise BundleError(f"{f}: array 'indices': entry {bad} is item {int(indices[bad])}, outside 0..{n_items - 1}")
-    m = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape)
-    m.sum_duplicates()  # a repeated (user, item) pair counts once
-    m.data[:] = 1.0
-    return m
+    return binary_csr(sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape))
 
 
 def _embeddings(path: Path, manifest: dict, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:

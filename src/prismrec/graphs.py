@@ -29,10 +29,18 @@ def sym_normalize(m: sp.spmatrix, eps: float = 1e-7) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(dinv) @ m @ sp.diags(dinv), dtype=np.float32)
 
 
+def binary_csr(m: sp.spmatrix) -> sp.csr_matrix:
+    """A float32 CSR copy of ``m`` with every stored pair set to 1 (a repeated pair counts once;
+    explicit zeros count as pairs, as in the interaction files)."""
+    r = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    return r
+
+
 def bipartite_adjacency(train: sp.spmatrix, normalize: bool = True) -> sp.csr_matrix:
     """The ``(N+I) x (N+I)`` user-item graph ``[[0, R], [Rᵀ, 0]]``, symmetrically normalised."""
-    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
-    r.data[:] = 1.0
+    r = binary_csr(train)
     a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     return sym_normalize(a) if normalize else a
 
@@ -44,8 +52,7 @@ def mean_aggregators(train: sp.spmatrix) -> tuple["SparseMatrix", "SparseMatrix"
     ``aggr='mean'`` on the user-item graph; nodes without edges get zeros). Keeping the blocks
     apart lets a model multiply by a weight on the smaller side (MMGCN, GraphSAGE).
     """
-    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
-    r.data[:] = 1.0
+    r = binary_csr(train)
 
     def row_mean(m):
         deg = np.asarray(m.sum(axis=1)).ravel()
@@ -329,9 +336,7 @@ def cooccurrence_topk(train: sp.spmatrix, k: int, cache: bool = True) -> sp.csr_
     Returns:
         CSR ``[n_rows, n_rows]`` of co-occurrence counts (float32), at most ``k`` entries a row.
     """
-    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
-    r.data[:] = 1.0
-    r.sum_duplicates()
+    r = binary_csr(train)
 
     def build():
         c = (r @ r.T).tocsr()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate, sym_normalize
+from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, propagate, sym_normalize
 from prismrec.models.base import JointTable, Model, ModelConfig, adam, register
 from prismrec.models.layers import (
     InteractionDenoiser,
@@ -115,8 +115,7 @@ class DiffMM(JointTable, Model):
     def setup(self, dataset):
         c, d = self.config, self.config.embedding_dim
         self.init_joint_table(d)
-        self.train_csr = sp.csr_matrix(dataset.train, dtype=np.float32, copy=True)
-        self.train_csr.data[:] = 1.0
+        self.train_csr = binary_csr(dataset.train)
         adj = bipartite_adjacency(self.train_csr, normalize=False)
         self.adj = SparseMatrix(sym_normalize(adj + sp.eye(adj.shape[0], dtype=np.float32), eps=0.0), symmetric=True)
         dims = self.feature_dims()
@@ -199,9 +198,8 @@ class DiffMM(JointTable, Model):
         gen = getattr(self, f"gen_{m}").numpy()
         users = np.repeat(np.arange(self.n_users), gen.shape[1])
         keep = gen.ravel() >= 0
-        r = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (users[keep], gen.ravel()[keep])),
-                          shape=(self.n_users, self.n_items))
-        r.data[:] = 1.0  # duplicates summed -> binary again
+        r = binary_csr(sp.coo_matrix((np.ones(int(keep.sum()), np.float32), (users[keep], gen.ravel()[keep])),
+                                     shape=(self.n_users, self.n_items)))
         a = bipartite_adjacency(r, normalize=False)
         a = sym_normalize(a + sp.eye(a.shape[0], dtype=np.float32), eps=0.0).tocsr()
         a.sort_indices()

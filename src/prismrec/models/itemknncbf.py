@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 
 from prismrec.config import NonNegFloat, PosInt, tunable
-from prismrec.graphs import knn_graph
+from prismrec.graphs import binary_csr, knn_graph
 from prismrec.models.base import Model, ModelConfig, register
 
 
@@ -56,8 +54,7 @@ class ItemKNNCBF(Model):
         x = torch.cat([self.features(m) for m in self.modalities], dim=1)
         self.sim = knn_graph(x, cfg.knn_k, shrink=cfg.shrink)                      # S, k entries a row
         self.sim_t = self.sim.T.tocsr()                                             # Sᵀ: an item's column as a row
-        r = sp.csr_matrix(dataset.train, dtype=np.float32, copy=True)
-        r.data[:] = 1.0
+        r = binary_csr(dataset.train)
         self.history = r                                                            # binary R [N, I]
         self.user_scores = (r @ self.sim).tocsr()                                   # R S [N, I], sparse
         self.register_buffer("norms", x.norm(dim=1), persistent=False)

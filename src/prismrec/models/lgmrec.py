@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, hypergraph_conv, propagate
+from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, hypergraph_conv, propagate
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     WIDE,
@@ -90,8 +89,7 @@ class LGMRec(JointTable, Model):
         cfg, d = self.config, self.config.embedding_dim
         self.init_joint_table(d)
         self.adj = SparseMatrix(bipartite_adjacency(dataset.train), symmetric=True)
-        r = sp.csr_matrix(dataset.train, dtype=np.float32, copy=True)
-        r.data[:] = 1.0
+        r = binary_csr(dataset.train)
         self.user_item = SparseMatrix(r, symmetric=False)                    # R
         deg = np.asarray(r.sum(axis=1)).ravel().astype(np.float32)
         self.register_buffer("inv_degree", torch.from_numpy(1.0 / (deg + 1e-7))[:, None], persistent=False)
