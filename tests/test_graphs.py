@@ -122,3 +122,20 @@ def test_propagate_rows_values_and_gradients_match_dense(mean, layers):
     torch.testing.assert_close(x_rows, x2[rows].detach())
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
 
+
+def test_edge_products_match_dense_products_and_gradcheck(tiny):
+    edges = graphs.UserItemEdges(tiny.train)
+    n, i = tiny.train.shape
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(edges.nnz, dtype=torch.float64, generator=g).requires_grad_()
+    x_items = torch.randn(i, 3, dtype=torch.float64, generator=g).requires_grad_()
+    x_users = torch.randn(n, 3, dtype=torch.float64, generator=g).requires_grad_()
+    dense = torch.zeros(n, i, dtype=torch.float64)
+    dense[edges.users, edges.items] = v.detach()
+    assert edges.nnz == tiny.train.nnz and (torch.tensor(tiny.train.toarray())[edges.users, edges.items] > 0).all()
+    torch.testing.assert_close(edges.to_users(v, x_items), dense @ x_items)
+    torch.testing.assert_close(edges.to_items(v, x_users), dense.T @ x_users)
+    torch.testing.assert_close(edges.dot(x_users, x_items), (x_users @ x_items.T)[edges.users, edges.items])
+    assert torch.autograd.gradcheck(edges.to_users, (v, x_items), fast_mode=True)
+    assert torch.autograd.gradcheck(edges.to_items, (v, x_users), fast_mode=True)
+    assert torch.autograd.gradcheck(edges.dot, (x_users, x_items), fast_mode=True)

@@ -131,6 +131,86 @@ def _to_torch_csr(m: sp.csr_matrix) -> torch.Tensor:
                                        torch.from_numpy(m.data.astype(np.float32)), m.shape)
 
 
+class UserItemEdges:
+    """The training edges ``(u_e, i_e)`` in user-major order, for products whose edge values change.
+
+    ``to_users(v, X)`` is ``R_v X`` (``[R_v]_{u_e i_e} = v_e``, each user sums over its items),
+    ``to_items(v, X)`` is ``R_vᵀ X`` and ``dot(A, B)`` is ``(a_{u_e} · b_{i_e})_e``; all three are
+    differentiable in every argument and run as CSR products and sampled products
+    (``torch.sparse.sampled_addmm``), never as ``[E, d]`` gathers (about 10x faster on CPU).
+    """
+
+    def __init__(self, train: sp.spmatrix):
+        r = sp.csr_matrix(train, dtype=np.float64, copy=True)
+        r.sum_duplicates()
+        r.sort_indices()
+        r.data = np.arange(1, r.nnz + 1, dtype=np.float64)      # edge ids (+1: no explicit zeros)
+        rt = r.T.tocsr()
+        rt.sort_indices()
+        self.shape, self.nnz = r.shape, r.nnz
+        self.users = torch.from_numpy(np.repeat(np.arange(r.shape[0]), np.diff(r.indptr)))   # u_e [E]
+        self.items = torch.from_numpy(r.indices.astype(np.int64))                           # i_e [E]
+        self.order = torch.from_numpy(rt.data.astype(np.int64) - 1)  # Rᵀ's k-th entry is edge order[k]
+        # int32 indices where they fit: MKL's sparse kernels take int32 (see graphs._to_torch_csr)
+        it = np.int32 if max(r.nnz, *r.shape) < 2**31 - 1 else np.int64
+        self._r = tuple(torch.from_numpy(a.astype(it)) for a in (r.indptr, r.indices))
+        self._rt = tuple(torch.from_numpy(a.astype(it)) for a in (rt.indptr, rt.indices))
+        self._pattern = self.matrix(torch.zeros(self.nnz), transpose=False)
+
+    def matrix(self, values: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """``R_v`` ``[N, I]`` (or ``R_vᵀ`` ``[I, N]``) as a torch CSR tensor; ``values`` in edge order."""
+        (crow, col), shape = (self._rt, self.shape[::-1]) if transpose else (self._r, self.shape)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(crow, col, values[self.order] if transpose else values, shape)
+
+    def sampled(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(a_{u_e} · b_{i_e})_e`` without gradient ``[E]``."""
+        pattern = self._pattern if a.dtype == self._pattern.dtype else self._pattern.to(a.dtype)
+        return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
+
+    def to_users(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _EdgeProduct.apply(self, False, values, x)
+
+    def to_items(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _EdgeProduct.apply(self, True, values, x)
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _EdgeDot.apply(self, a, b)
+
+
+class _EdgeProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, edges, transpose, values, x):
+        ctx.edges, ctx.transpose = edges, transpose
+        ctx.save_for_backward(values, x)
+        return edges.matrix(values.detach(), transpose) @ x.detach()
+
+    @staticmethod
+    def backward(ctx, g):
+        (values, x), e, t = ctx.saved_tensors, ctx.edges, ctx.transpose
+        g = g.contiguous()
+        dv = (e.sampled(x, g) if t else e.sampled(g, x)) if ctx.needs_input_grad[2] else None
+        dx = e.matrix(values.detach(), not t) @ g if ctx.needs_input_grad[3] else None
+        return None, None, dv, dx
+
+
+class _EdgeDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, edges, a, b):
+        ctx.edges = edges
+        ctx.save_for_backward(a, b)
+        return edges.sampled(a.detach(), b.detach())
+
+    @staticmethod
+    def backward(ctx, g):
+        (a, b), e = ctx.saved_tensors, ctx.edges
+        da = e.matrix(g, False) @ b.detach() if ctx.needs_input_grad[1] else None
+        db = e.matrix(g, True) @ a.detach() if ctx.needs_input_grad[2] else None
+        return None, da, db
+
+
 def propagate(adj: SparseMatrix, x: torch.Tensor, num_layers: int, mean: bool = True,
               rows: torch.Tensor | None = None, with_input: bool = False):
     """LightGCN propagation: ``mean(X, ÂX, ..., Â^L X)`` (or just ``Â^L X`` with ``mean=False``).
