@@ -276,6 +276,64 @@ class _Propagate(torch.autograd.Function):
         return None, None, y, None, None, None, None
 
 
+COS_EPS = 1e-8  # torch's cosine_similarity (which MMRec calls) divides by max(|x|, eps) · max(|y|, eps)
+
+
+class _RefinedPropagation(torch.autograd.Function):
+    """``Σ_l α^(l) ⊙ Â E^(l-1)`` (rows ``rows`` of it) as one autograd node: the backward walks the
+    layers down once with the cosine's derivative written out, instead of autograd's chain of
+    full-size norms, masks and products (baby-like epochs about 30% shorter)."""
+
+    @staticmethod
+    def forward(ctx, a, at, ego, num_layers, rows):
+        ego_norm = torch.linalg.vector_norm(ego, dim=1)                     # [N]
+        ego_den = ego_norm.clamp_min(COS_EPS)
+        h, out, saved = ego, None, []
+        for _ in range(num_layers):
+            t = spmm(a, h)                                                  # Â E^(l-1) [N, d]
+            t_norm = torch.linalg.vector_norm(t, dim=1)
+            den = t_norm.clamp_min(COS_EPS) * ego_den
+            cos = (t * ego).sum(dim=1) / den                                # α^(l) [N]
+            h = t * cos[:, None]
+            part = h if rows is None else h.index_select(0, rows)
+            out = part if out is None else out.add_(part)
+            saved.append((t, t_norm, cos, den))
+        ctx.at, ctx.saved, ctx.ego_norm = at, saved, ego_norm
+        ctx.save_for_backward(ego, *(() if rows is None else (rows,)))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        ego, *rows = ctx.saved_tensors
+        g_out = g.new_zeros(ego.shape).index_add_(0, rows[0], g) if rows else g   # ∂L/∂h_l from the sum
+        grad = torch.zeros_like(ego)
+        ego_coef = ego.new_zeros(ego.shape[0])                              # Σ_l of the e-direction terms
+        carry = None                                                        # ∂L/∂h_l through layer l+1
+        # a norm below eps is clamped: its share of ∂α vanishes (and its 0/0 is discarded by where)
+        k_e_mask = ctx.ego_norm < COS_EPS
+        for t, t_norm, cos, den in reversed(ctx.saved):
+            gh = g_out if carry is None else g_out + carry                  # ∂L/∂h_l [N, d]
+            s = (gh * t).sum(dim=1)                                         # [N]
+            # ∂α/∂t = e/den - α t/|t|², ∂α/∂e = t/den - α e/|e|²
+            k_t = torch.where(t_norm < COS_EPS, 0.0, cos / t_norm.square())
+            k_e = torch.where(k_e_mask, 0.0, cos / ctx.ego_norm.square())
+            dt = gh * cos[:, None]
+            dt.addcmul_(ego, (s / den)[:, None]).addcmul_(t, (-s * k_t)[:, None])   # ∂L/∂t [N, d]
+            grad.addcmul_(t, (s / den)[:, None])
+            ego_coef.sub_(s * k_e)
+            carry = spmm(ctx.at, dt)                                        # ∂L/∂h_{l-1}
+        grad.addcmul_(ego, ego_coef[:, None]).add_(carry)
+        return None, None, grad, None, None
+
+
+def refined_propagate(adj: SparseMatrix, ego: torch.Tensor, num_layers: int,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerGCN's layer-refined propagation: ``Σ_{l=1..L} α^(l) ⊙ Â E^(l-1)`` with ``α^(l)`` the
+    row-wise cosine of ``Â E^(l-1)`` with the ego rows ``E^(0)``, and ``E^(l) = α^(l) ⊙ Â E^(l-1)``
+    (only ``rows`` of the sum when given). One autograd node (:class:`_RefinedPropagation`)."""
+    return _RefinedPropagation.apply(adj.a, adj.at, ego, num_layers, rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # modality kNN item graphs
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +412,15 @@ def degree_prune(train: sp.csr_matrix, keep_ratio: float, rng: np.random.Generat
     # torch.multinomial(w, n_keep, replacement=False), in one vectorised pass
     g = np.log(w) + rng.gumbel(size=len(w))
     keep = np.argpartition(-g, n_keep - 1)[:n_keep] if n_keep < len(w) else np.arange(len(w))
+    kept = sp.csr_matrix((np.ones(len(keep), np.float32), (coo.row[keep], coo.col[keep])), shape=train.shape)
+    return bipartite_adjacency(kept)
+
+
+def uniform_prune(train: sp.csr_matrix, keep_ratio: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Keep ``keep_ratio`` of the user-item edges drawn uniformly without replacement; return the
+    normalised bipartite adjacency of what is kept (the uniform twin of :func:`degree_prune`; LayerGCN)."""
+    coo = train.tocoo()
+    keep = rng.choice(coo.nnz, int(coo.nnz * keep_ratio), replace=False)
     kept = sp.csr_matrix((np.ones(len(keep), np.float32), (coo.row[keep], coo.col[keep])), shape=train.shape)
     return bipartite_adjacency(kept)
 
