@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -119,11 +120,14 @@ class SparseMatrix:
         return self
 
 
+def _index_dtype(m: sp.spmatrix) -> type:
+    """int32 indices where they fit: MKL's sparse kernels take int32, int64 ones are converted on
+    every product."""
+    return np.int32 if max(m.nnz, *m.shape) < 2**31 - 1 else np.int64
+
+
 def _to_torch_csr(m: sp.csr_matrix) -> torch.Tensor:
-    import warnings
-    # int32 indices where they fit: MKL's sparse kernels take int32, int64 ones are converted
-    # on every product
-    itype = np.int32 if max(m.nnz, *m.shape) < 2**31 - 1 else np.int64
+    itype = _index_dtype(m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(itype)),
@@ -141,8 +145,7 @@ class UserItemEdges:
     """
 
     def __init__(self, train: sp.spmatrix):
-        r = sp.csr_matrix(train, dtype=np.float64, copy=True)
-        r.sum_duplicates()
+        r = binary_csr(train)
         r.sort_indices()
         r.data = np.arange(1, r.nnz + 1, dtype=np.float64)      # edge ids (+1: no explicit zeros)
         rt = r.T.tocsr()
@@ -151,8 +154,7 @@ class UserItemEdges:
         self.users = torch.from_numpy(np.repeat(np.arange(r.shape[0]), np.diff(r.indptr)))   # u_e [E]
         self.items = torch.from_numpy(r.indices.astype(np.int64))                           # i_e [E]
         self.order = torch.from_numpy(rt.data.astype(np.int64) - 1)  # Rᵀ's k-th entry is edge order[k]
-        # int32 indices where they fit: MKL's sparse kernels take int32 (see graphs._to_torch_csr)
-        it = np.int32 if max(r.nnz, *r.shape) < 2**31 - 1 else np.int64
+        it = _index_dtype(r)
         self._r = tuple(torch.from_numpy(a.astype(it)) for a in (r.indptr, r.indices))
         self._rt = tuple(torch.from_numpy(a.astype(it)) for a in (rt.indptr, rt.indices))
         self._pattern = self.matrix(torch.zeros(self.nnz), transpose=False)
@@ -160,7 +162,6 @@ class UserItemEdges:
     def matrix(self, values: torch.Tensor, transpose: bool) -> torch.Tensor:
         """``R_v`` ``[N, I]`` (or ``R_vᵀ`` ``[I, N]``) as a torch CSR tensor; ``values`` in edge order."""
         (crow, col), shape = (self._rt, self.shape[::-1]) if transpose else (self._r, self.shape)
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             return torch.sparse_csr_tensor(crow, col, values[self.order] if transpose else values, shape)
