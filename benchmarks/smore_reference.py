@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from _results import machine  # noqa: F401  (puts src/ on the path)
+import _results  # noqa: F401  (puts src/ on the path)
 from prismrec import load_dataset  # noqa: E402
 from prismrec.data.sampler import PairwiseSampler  # noqa: E402
 from prismrec.evaluation import evaluate_splits  # noqa: E402
