@@ -708,3 +708,38 @@ def item_behaviour_graph(train: sp.spmatrix, k: int, min_count: int = 1) -> sp.c
     top.eliminate_zeros()
     top.data[:] = 1.0
     return sym_normalize(top + sp.identity(top.shape[0], dtype=np.float32, format="csr"))
+
+
+class SampledUserGraph(torch.nn.Module):
+    """The user-user graph of DualGNN and DRAGON: each user's ``k`` most co-occurring users
+    (:func:`cooccurrence_topk`), sampled to exactly ``k`` with softmax weights of their counts
+    (:func:`sample_neighbours`), drawn again by :meth:`resample` (MMRec's per-epoch ``topk_sample``).
+
+    The draw lives in persistent buffers ``index`` and ``weight`` ``[N, k]``, so a loaded bundle
+    scores with the graph it was trained on; :meth:`matrix` rebuilds its CSR form only when they
+    change (a new draw, ``load_state_dict``).
+    """
+
+    def __init__(self, train: sp.spmatrix, k: int):
+        super().__init__()
+        self.k = k
+        self.top = cooccurrence_topk(train, k)
+        index, weight = sample_neighbours(self.top, k)
+        self.register_buffer("index", index)      # [N, k]
+        self.register_buffer("weight", weight)    # [N, k]
+        self._csr: tuple | None = None
+
+    def resample(self, generator: torch.Generator | None = None) -> None:
+        """A fresh draw (from torch's global RNG unless ``generator``), written into the buffers."""
+        index, weight = sample_neighbours(self.top, self.k, generator)
+        self.index.copy_(index)
+        self.weight.copy_(weight)
+
+    def matrix(self, rows: torch.Tensor | None = None) -> SparseMatrix:
+        """``G [N, N]``, or only its ``rows`` ``[len(rows), N]``:
+        ``(G X)_u = Σ_j weight[u, j] X[index[u, j]]``."""
+        key = (self.index._version, self.weight._version, self.index.data_ptr())
+        if self._csr is None or self._csr[0] != key:
+            self._csr = key, neighbour_matrix(self.index, self.weight, self.index.shape[0])
+        m = self._csr[1]
+        return SparseMatrix(m if rows is None else m[rows.numpy()], symmetric=False)

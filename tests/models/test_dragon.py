@@ -34,8 +34,8 @@ def _dense(model):
         reps.append(x + h + adj @ h)
     users = torch.cat([reps[k][:n] * model.user_weight[:, k: k + 1] for k in range(len(reps))], dim=1)
     items = torch.cat([r[n:] for r in reps], dim=1)
-    neigh = users[model.user_graph_index]                                         # [N, k, M·d]
-    users = users + (model.user_graph_weight[:, None, :] @ neigh).squeeze(1)
+    neigh = users[model.user_graph.index]                                         # [N, k, M·d]
+    users = users + (model.user_graph.weight[:, None, :] @ neigh).squeeze(1)
     return users, items + s @ items
 
 
@@ -63,8 +63,8 @@ def test_loss_gradients_and_scores_match_dense_reference(tiny):
 
 
 def test_bfloat16_feature_products_stay_close(tiny, monkeypatch):
-    from prismrec.models import dragon
-    monkeypatch.setattr(dragon, "WIDE", 1)  # the tiny features are narrow: force the bf16 path
+    from prismrec.models import dualgnn
+    monkeypatch.setattr(dualgnn, "WIDE", 1)  # the tiny features are narrow: force the bf16 path (shared setup)
     batch = _batch(tiny)
     out = {}
     for precision in ("float32", "bfloat16"):
@@ -113,14 +113,14 @@ def test_sampled_user_graph_pads_with_own_neighbours_and_softmaxes():
 def test_user_graph_is_resampled_each_epoch_and_saved(tiny):
     torch.manual_seed(0)
     model = build_model("dragon", tiny, DRAGONConfig(user_knn_k=290))  # more than most users have: padding
-    before = model.user_graph_index.clone()
+    before = model.user_graph.index.clone()
     model.on_epoch_start(1)
-    assert not torch.equal(before, model.user_graph_index)
-    assert "user_graph_index" in model.state_dict()
+    assert not torch.equal(before, model.user_graph.index)
+    assert "user_graph.index" in model.state_dict()
     # the CSR copy follows the buffers (e.g. after load_state_dict)
     x = torch.randn(tiny.n_users, 2)
-    expected = (model.user_graph_weight[:, :, None] * x[model.user_graph_index]).sum(1)
-    got = torch.from_numpy(model.user_graph().toarray()) @ x
+    expected = (model.user_graph.weight[:, :, None] * x[model.user_graph.index]).sum(1)
+    got = torch.from_numpy(model.user_graph.matrix().scipy.toarray()) @ x
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -7,22 +7,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, UnitFloat, tunable
-from prismrec.graphs import (
-    SparseMatrix,
-    bipartite_adjacency,
-    cooccurrence_topk,
-    mean_aggregators,
-    modality_graph,
-    neighbour_matrix,
-    propagate,
-    sample_neighbours,
-)
+from prismrec.graphs import SampledUserGraph, SparseMatrix, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.dualgnn import PreferenceGCN
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import WIDE, Precision, dot, project_fixed, resolve_precision, xavier_normal_param
+from prismrec.models.layers import Precision, dot
 
 
 @dataclass(frozen=True)
@@ -42,7 +33,7 @@ class DRAGONConfig(ModelConfig):
 
 
 @register("dragon")
-class DRAGON(Model):
+class DRAGON(PreferenceGCN, Model):
     """Dual representations on a heterogeneous user-item graph plus homogeneous user-user and
     item-item graphs.
 
@@ -84,58 +75,20 @@ class DRAGON(Model):
 
     def setup(self, dataset):
         cfg, d = self.config, self.config.embedding_dim
-        if cfg.aggr_mode == "add":
-            self.adj = SparseMatrix(bipartite_adjacency(dataset.train), symmetric=True)
-        else:  # PyG mean aggregation on both sides of the bipartite graph
-            import scipy.sparse as sp
-            ui, iu = mean_aggregators(dataset.train)
-            self.adj = SparseMatrix(sp.bmat([[None, ui.scipy], [iu.scipy, None]], format="csr"), symmetric=False)
-        self.preference = nn.ParameterDict({m: xavier_normal_param(self.n_users, d)
-                                            for m in self.modalities})
-        hidden = cfg.hidden_mult * d
-        self.mlp_in = nn.ModuleDict({m: nn.Linear(dim, hidden) for m, dim in self.feature_dims().items()})
-        self.mlp_out = nn.ModuleDict({m: nn.Linear(hidden, d) for m in self.modalities})
-        if len(self.modalities) > 1:
-            beta = nn.init.xavier_normal_(torch.empty(self.n_users, len(self.modalities), 1))
-            self.user_weight = nn.Parameter(torch.softmax(beta, dim=1).squeeze(2))     # [N, M]
+        self.init_preference_gcn(dataset, d, cfg.hidden_mult, cfg.aggr_mode, cfg.feature_precision)
         weights = modality_weights(self.modalities, cfg.mm_image_weight, cfg.modality_weights)
         raw = {m: self.features(m).detach().numpy() for m in self.modalities}
         self.item_graph = SparseMatrix(sum(w * modality_graph(raw[m], cfg.knn_k, weighted=False)
                                            for m, w in zip(self.modalities, weights)), symmetric=False)
-        self.user_top = cooccurrence_topk(dataset.train, cfg.user_knn_k)
-        low = resolve_precision(cfg.feature_precision) == torch.bfloat16
-        self.bf16 = {m: low and dim >= WIDE for m, dim in self.feature_dims().items()}
-        self._bf16_cache: dict = {}
-        index, weight = sample_neighbours(self.user_top, cfg.user_knn_k)
-        self.register_buffer("user_graph_index", index)      # [N, k], persistent: bundles keep the sample
-        self.register_buffer("user_graph_weight", weight)    # [N, k]
-        self._user_graph = None
+        self.user_graph = SampledUserGraph(dataset.train, cfg.user_knn_k)  # persistent: bundles keep the sample
 
     def on_epoch_start(self, epoch):
         """A fresh user-user sample for the epoch, from torch's global RNG (MMRec's pre_epoch_processing)."""
-        index, weight = sample_neighbours(self.user_top, self.config.user_knn_k)
-        self.user_graph_index.copy_(index)
-        self.user_graph_weight.copy_(weight)
-
-    def user_graph(self):
-        """The sampled user-user graph as scipy CSR ``[N, N]`` (rebuilt when the buffers change)."""
-        key = (self.user_graph_index._version, self.user_graph_weight._version,
-               self.user_graph_index.data_ptr())
-        if self._user_graph is None or self._user_graph[0] != key:
-            self._user_graph = key, neighbour_matrix(self.user_graph_index, self.user_graph_weight, self.n_users)
-        return self._user_graph[1]
-
-    def modality_rep(self, m: str) -> torch.Tensor:
-        """``r_m = Σ_l Â^l norm([P_m; MLP(X_m)])`` ``[N + I, d]``."""
-        hidden = F.leaky_relu(project_fixed(self.features(m), self.mlp_in[m].weight, self.mlp_in[m].bias,
-                                            self._bf16_cache, m, self.bf16[m]))
-        x = F.normalize(torch.cat([self.preference[m], self.mlp_out[m](hidden)]), dim=1)
-        layers = self.config.num_ui_layers
-        return propagate(self.adj, x, layers) * (layers + 1)  # the layers' sum, not their mean
+        self.user_graph.resample()
 
     def dual_reps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u [N, M·d], i [I, M·d])`` before the homogeneous graphs."""
-        reps = [self.modality_rep(m) for m in self.modalities]
+        reps = [self.modality_rep(m, self.config.num_ui_layers) for m in self.modalities]
         n = self.n_users
         if len(reps) == 1:
             return reps[0][:n], reps[0][n:]
@@ -148,14 +101,13 @@ class DRAGON(Model):
 
     def embeddings(self):
         users, items = self.dual_reps()
-        return users + SparseMatrix(self.user_graph(), symmetric=False) @ users, self.item_side(items)
+        return users + self.user_graph.matrix() @ users, self.item_side(items)
 
     def loss(self, batch):
         cfg = self.config
         users, items = self.dual_reps()
         ids, at = torch.unique(batch.users, return_inverse=True)
-        rows = SparseMatrix(self.user_graph()[ids.numpy()], symmetric=False)  # the batch's rows of the user graph
-        e_u = (users[ids] + rows @ users)[at]                                  # [B, M·d]
+        e_u = (users[ids] + self.user_graph.matrix(ids) @ users)[at]   # [B, M·d]; the batch's rows of the user graph
         e_i = self.item_side(items)
         margin = dot(e_u, e_i[batch.pos_items]) - dot(e_u, e_i[batch.neg_items])
         loss = -F.logsigmoid(margin).mean() / math.log(2.0)                    # the code's log2
