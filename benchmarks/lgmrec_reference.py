@@ -19,26 +19,14 @@ sets should agree to float rounding, and so should the test metrics of the two e
 """
 from __future__ import annotations
 
-import argparse
-import time
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-import _results  # noqa: F401  (puts src/ on the path)
-from prismrec import load_dataset  # noqa: E402
-from prismrec.data.sampler import PairwiseSampler  # noqa: E402
-from prismrec.evaluation import evaluate_splits  # noqa: E402
+import _reference  # (puts src/ on the path)
 from prismrec.graphs import binary_csr  # noqa: E402
-from prismrec.models.base import build_model  # noqa: E402
 from prismrec.models.lgmrec import LGMRecConfig  # noqa: E402
-
-
-def coo(m: sp.spmatrix) -> torch.Tensor:
-    m = sp.coo_matrix(m, dtype=np.float32)
-    return torch.sparse_coo_tensor(np.vstack([m.row, m.col]).astype(np.int64), m.data, m.shape).coalesce()
 
 
 def noise_free_gumbel(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
@@ -50,9 +38,9 @@ class FullTableLGMRec:
 
     def __init__(self, model, train: sp.csr_matrix):
         self.m, self.n_users = model, model.n_users
-        self.adj = coo(model.adj.scipy)
+        self.adj = _reference.coo(model.adj.scipy)
         r = binary_csr(train)
-        self.r = coo(r)
+        self.r = _reference.coo(r)
         self.inv_degree = torch.from_numpy(1.0 / (np.asarray(r.sum(1)).ravel() + 1e-7)).float()[:, None]
 
     def forward(self):
@@ -102,54 +90,11 @@ def contrast_all(anchor, positive, every, temperature):
     return (torch.logsumexp(a @ every.T / temperature, dim=1) - (a * p).sum(1) / temperature).sum()
 
 
-def metrics(model, embeddings, ds) -> dict:
-    model.eval()
-    with torch.no_grad():
-        u, i = embeddings()
-    res = evaluate_splits(lambda users, out=None: u[users] @ i.T, ds.train, {"valid": ds.valid, "test": ds.test})
-    return {"valid_recall@20": res["valid"]["recall@20"], "test_recall@20": res["test"]["recall@20"],
-            "test_ndcg@20": res["test"]["ndcg@20"]}
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="dataset folder (e.g. /tmp/data/baby-like)")
-    ap.add_argument("--batches", type=int, default=0, help="stop after this many batches (default: one epoch)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=999)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _reference.arguments(__doc__.split("\n\n")[0])
     F.gumbel_softmax = noise_free_gumbel  # both implementations call it through torch.nn.functional
-    ds = load_dataset(args.data)
-    config = LGMRecConfig(keep_rate=1.0)
-    torch.manual_seed(args.seed)
-    fast = build_model("lgmrec", ds, config)
-    twin = build_model("lgmrec", ds, config)
-    twin.load_state_dict(fast.state_dict())
-    ref = FullTableLGMRec(twin, ds.train)
-    batches = list(PairwiseSampler(ds.train, 2048, np.random.default_rng(args.seed)))
-    batches = batches[: args.batches] if args.batches else batches
-
-    opt_fast = fast.configure_optimizer(1e-3, 0.0)
-    fast.step_in_backward(opt_fast)
-    opt_ref = torch.optim.Adam(twin.parameters(), lr=1e-3)
-    fast.train(), twin.train()
-    t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        losses = []
-        for opt, loss_fn in ((opt_fast, fast.loss), (opt_ref, ref.loss)):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(batch)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        if step < 3 or step % 10 == 0 or step == len(batches) - 1:
-            diff = max((a - b).abs().max().item() for a, b in zip(fast.parameters(), twin.parameters()))
-            print(f"batch {step:3d}: loss prismrec {losses[0]:.6f}  reference {losses[1]:.6f}  "
-                  f"max |parameter difference| {diff:.2e}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    fast.step_in_backward(None)
-    print("prismrec  ", metrics(fast, fast.embeddings, ds))
-    print("reference ", metrics(twin, ref.embeddings, ds))
+    ds, fast, twin, batches = _reference.twins("lgmrec", args, LGMRecConfig(keep_rate=1.0))
+    _reference.train_side_by_side(ds, fast, twin, FullTableLGMRec(twin, ds.train), batches, args.seed)
 
 
 if __name__ == "__main__":

@@ -18,25 +18,11 @@ updates, optimiser included.
 """
 from __future__ import annotations
 
-import argparse
-import time
-
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-import _results  # noqa: F401  (puts src/ on the path)
-from prismrec import load_dataset  # noqa: E402
-from prismrec.data.sampler import PairwiseSampler  # noqa: E402
-from prismrec.evaluation import evaluate_splits  # noqa: E402
-from prismrec.models.base import build_model  # noqa: E402
+import _reference  # (puts src/ on the path)
 from prismrec.models.smore import SMOREConfig  # noqa: E402
-
-
-def coo(matrix) -> torch.Tensor:
-    m = sp.coo_matrix(matrix.scipy)
-    return torch.sparse_coo_tensor(np.vstack([m.row, m.col]).astype(np.int64), m.data, m.shape).coalesce()
 
 
 class FullTableSMORE:
@@ -44,9 +30,9 @@ class FullTableSMORE:
 
     def __init__(self, model):
         self.m, self.n_users, self.d = model, model.n_users, model.config.embedding_dim
-        self.adj, self.user_item = coo(model.adj), coo(model.user_item)
-        self.graphs = {k: coo(g) for k, g in model.item_graphs.items()}
-        self.graphs["fusion"] = coo(model.fusion_graph)
+        self.adj, self.user_item = _reference.coo(model.adj), _reference.coo(model.user_item)
+        self.graphs = {k: _reference.coo(g) for k, g in model.item_graphs.items()}
+        self.graphs["fusion"] = _reference.coo(model.fusion_graph)
 
     def forward(self):
         m, mods = self.m, self.m.modalities
@@ -97,56 +83,12 @@ def nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     return (torch.logsumexp(a @ b.T / temperature, dim=1) - (a * b).sum(1) / temperature).mean()
 
 
-def metrics(model, embeddings, ds) -> dict:
-    model.eval()
-    with torch.no_grad():
-        u, i = embeddings()
-    res = evaluate_splits(lambda users, out=None: u[users] @ i.T, ds.train, {"valid": ds.valid, "test": ds.test})
-    return {"valid_recall@20": res["valid"]["recall@20"], "test_recall@20": res["test"]["recall@20"],
-            "test_ndcg@20": res["test"]["ndcg@20"]}
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="dataset folder (e.g. /tmp/data/baby-like)")
-    ap.add_argument("--batches", type=int, default=0, help="stop after this many batches (default: one epoch)")
-    ap.add_argument("--dropout", type=float, default=0.0,
-                    help="SMORE's dropout (default 0: with dropout the two runs draw different masks)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=999)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    ds = load_dataset(args.data)
-    config = SMOREConfig(dropout=args.dropout)
-    torch.manual_seed(args.seed)
-    fast = build_model("smore", ds, config)
-    twin = build_model("smore", ds, config)
-    twin.load_state_dict(fast.state_dict())
-    ref = FullTableSMORE(twin)
-    batches = list(PairwiseSampler(ds.train, 2048, np.random.default_rng(args.seed)))
-    batches = batches[: args.batches] if args.batches else batches
-
-    opt_fast = fast.configure_optimizer(1e-3, 0.0)
-    fast.step_in_backward(opt_fast)
-    opt_ref = torch.optim.Adam(twin.parameters(), lr=1e-3)
-    fast.train(), twin.train()
-    t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        for model, opt, loss_fn in ((fast, opt_fast, fast.loss), (twin, opt_ref, ref.loss)):
-            torch.manual_seed(args.seed + step)  # the same dropout draws where the shapes agree
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(batch)
-            loss.backward()
-            opt.step()
-            if model is fast:
-                loss_fast = loss.item()
-        if step < 3 or step % 10 == 0 or step == len(batches) - 1:
-            diff = max((a - b).abs().max().item() for a, b in zip(fast.parameters(), twin.parameters()))
-            print(f"batch {step:3d}: loss prismrec {loss_fast:.6f}  reference {loss.item():.6f}  "
-                  f"max |parameter difference| {diff:.2e}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    fast.step_in_backward(None)
-    print("prismrec  ", metrics(fast, fast.embeddings, ds))
-    print("reference ", metrics(twin, ref.embeddings, ds))
+    args = _reference.arguments(__doc__.split("\n\n")[0], lambda ap: ap.add_argument(
+        "--dropout", type=float, default=0.0,
+        help="SMORE's dropout (default 0: with dropout the two runs draw different masks)"))
+    ds, fast, twin, batches = _reference.twins("smore", args, SMOREConfig(dropout=args.dropout))
+    _reference.train_side_by_side(ds, fast, twin, FullTableSMORE(twin), batches, args.seed)
 
 
 if __name__ == "__main__":
