@@ -134,3 +134,21 @@ def check_learns_beyond_popularity(name: str, dataset, run_dir):
     loaded = Recommender.load(run_dir)
     np.testing.assert_allclose(loaded.score(np.arange(6)), rec.score(np.arange(6)), rtol=1e-5, atol=1e-5)
     return rec
+
+
+def check_low_precision_close(make_model, batch, grad_of, *, seed: int | None = None,
+                              loss_rel: float = 1e-2, grad_rel: float = 0.1) -> None:
+    """The model built by ``make_model(precision)`` for ``"float32"`` and ``"bfloat16"``: one loss on
+    ``batch`` (torch reseeded to ``seed`` first, if given) within ``loss_rel``, and the gradient
+    ``grad_of(model)`` within ``grad_rel`` but not identical (so the bf16 path did run)."""
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        model = make_model(precision)
+        if seed is not None:
+            torch.manual_seed(seed)
+        loss = model.loss(batch)
+        loss.backward()
+        out[precision] = loss.item(), grad_of(model).clone()
+    assert out["bfloat16"][0] == pytest.approx(out["float32"][0], rel=loss_rel)
+    a, b = out["float32"][1], out["bfloat16"][1]
+    assert 0 < (a - b).norm() / a.norm() < grad_rel

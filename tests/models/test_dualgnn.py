@@ -15,6 +15,7 @@ from tests.models.helpers import (
     assert_matches_dense_reference,
     check_beats_most_popular,
     check_config_names_field,
+    check_low_precision_close,
     check_trains_with_plugin,
     check_tunable,
 )
@@ -114,17 +115,12 @@ def test_first_modality_slot_is_the_sum_of_all(tiny):
 def test_bfloat16_feature_products_stay_close(tiny, monkeypatch):
     from prismrec.models import dualgnn
     monkeypatch.setattr(dualgnn, "WIDE", 1)  # the tiny features are narrow: force the bf16 path
-    batch = _batch(tiny)
-    out = {}
-    for precision in ("float32", "bfloat16"):
+
+    def make(precision):
         model = _model(tiny, feature_precision=precision)
         assert all(model.bf16.values()) == (precision == "bfloat16")
-        loss = model.loss(batch)
-        loss.backward()
-        out[precision] = loss.item(), model.mlp_in["image"].weight.grad.clone()
-    assert out["bfloat16"][0] == pytest.approx(out["float32"][0], rel=1e-2)
-    a, b = out["float32"][1], out["bfloat16"][1]
-    assert 0 < (a - b).norm() / a.norm() < 0.1
+        return model
+    check_low_precision_close(make, _batch(tiny), lambda m: m.mlp_in["image"].weight.grad)
 
 
 def test_sampled_user_graph_is_redrawn_saved_and_followed(tiny):

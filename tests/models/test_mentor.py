@@ -14,7 +14,12 @@ from prismrec.data.sampler import PairwiseSampler
 from prismrec.errors import ConfigError
 from prismrec.models import build_model
 from prismrec.models.mentor import MENTOR, MENTORConfig
-from tests.models.helpers import assert_loss_and_grads_match, check_serve_round_trip, check_trains_with_plugin
+from tests.models.helpers import (
+    assert_loss_and_grads_match,
+    check_low_precision_close,
+    check_serve_round_trip,
+    check_trains_with_plugin,
+)
 
 EXACT = {"feature_precision": "float32", "cl_precision": "float32"}
 
@@ -150,16 +155,9 @@ def test_perturbation_moves_each_row_by_eps_along_its_sign(tiny):
 def test_bfloat16_products_stay_close(tiny, monkeypatch):
     from prismrec.models import mentor
     monkeypatch.setattr(mentor, "WIDE", 1)  # the tiny features are narrow: force the bf16 feature path
-    out = {}
-    for precision in ("float32", "bfloat16"):
-        model = _model(tiny, feature_precision=precision, cl_precision=precision, mask_weight_g=1.0)
-        torch.manual_seed(7)
-        loss = model.loss(_batch(tiny))
-        loss.backward()
-        out[precision] = loss.item(), model.encoders["image"].first.weight.grad.clone()
-    assert out["bfloat16"][0] == pytest.approx(out["float32"][0], rel=1e-2)
-    a, b = out["float32"][1], out["bfloat16"][1]
-    assert 0 < (a - b).norm() / a.norm() < 0.1
+    check_low_precision_close(
+        lambda p: _model(tiny, feature_precision=p, cl_precision=p, mask_weight_g=1.0), _batch(tiny),
+        lambda m: m.encoders["image"].first.weight.grad, seed=7)
 
 
 def test_no_perturbed_copies_without_the_contrast(tiny):
