@@ -8,6 +8,11 @@ import torch
 from prismrec.data.sampler import PairwiseSampler
 
 
+def first_batch(ds, size: int = 64, seed: int = 0):
+    """The first pairwise batch of ``size`` rows of an epoch drawn with ``seed``."""
+    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+
+
 def epoch_losses(model, dataset, *, epochs: int = 8, batch_size: int = 256, learning_rate: float = 1e-2) -> list[float]:
     """Mean training loss per epoch of a bare loop over fixed pairwise batches (no trainer)."""
     opt = model.configure_optimizer(learning_rate, 0.0)

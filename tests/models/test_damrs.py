@@ -8,17 +8,16 @@ import torch.nn.functional as F
 
 from prismrec import Recommender
 from prismrec.config import resolve
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.errors import ConfigError
 from prismrec.graphs import agreed_knn_graphs, item_behaviour_graph
 from prismrec.models import build_model
 from prismrec.models.damrs import DAMRS, DAMRSConfig
 from prismrec.models.layers import graded_neighbour_contrast, graded_neighbours, topk_indices
-from tests.models.helpers import assert_loss_and_grads_match, check_serve_round_trip
+from tests.models.helpers import first_batch, assert_loss_and_grads_match, check_serve_round_trip
 
 
 def _batch(ds, size=64, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _row_normalised(a: np.ndarray) -> np.ndarray:

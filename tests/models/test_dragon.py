@@ -7,11 +7,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import cooccurrence_topk, neighbour_matrix, sample_neighbours
 from prismrec.models import build_model
 from prismrec.models.dragon import DRAGONConfig
 from tests.models.helpers import (
+    first_batch,
     assert_loss_and_grads_match,
     check_config_names_field,
     check_learns_beyond_popularity,
@@ -22,7 +22,7 @@ F32 = DRAGONConfig(feature_precision="float32")
 
 
 def _batch(ds, size=64, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense(model):

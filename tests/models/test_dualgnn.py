@@ -1,16 +1,15 @@
 """DualGNN: the fast path (CSR propagation, batch rows of the user graph, bf16 feature products)
 matches a dense reference of the equations, MMRec's fused-slot weighting included; the sampled
 user-user graph; it learns; attribution, plug-ins and config checks."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import SampledUserGraph
 from prismrec.models import build_model
 from prismrec.models.dualgnn import DualGNN, DualGNNConfig
 from tests.models.helpers import (
+    first_batch,
     assert_loss_and_grads_match,
     assert_matches_dense_reference,
     check_beats_most_popular,
@@ -27,7 +26,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=96, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense_adjacency(train, aggr_mode):

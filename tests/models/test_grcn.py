@@ -1,15 +1,13 @@
 """GRCN: the model's loss and gradients against a dense reference of the
 equations (MMRec's form of the loss), learning, attribution, plug-ins and config checks."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.models import build_model
 from prismrec.models.grcn import GRCN, GRCNConfig
 from tests.models.helpers import (assert_loss_and_grads_match, check_beats_most_popular, check_config_names_field,
-                                  check_trains_with_plugin, check_tunable)
+                                  check_trains_with_plugin, check_tunable, first_batch)
 
 
 def _model(ds, **cfg):
@@ -18,7 +16,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=96, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense_representation(model, train):

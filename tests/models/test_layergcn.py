@@ -7,11 +7,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import bipartite_adjacency, degree_prune, uniform_prune
 from prismrec.models import build_model
 from prismrec.models.layergcn import LayerGCN, LayerGCNConfig
 from tests.models.helpers import (
+    first_batch,
     assert_loss_and_grads_match,
     assert_matches_dense_reference,
     check_beats_most_popular,
@@ -26,7 +26,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=128, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense_embeddings(model, adj):

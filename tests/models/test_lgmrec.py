@@ -1,23 +1,21 @@
 """LGMRec: the fast path (one product for the projection and the hyperedge logits, the distinct-row
 contrast with its analytic backward, bf16 products) matches a dense reference of the paper's
 equations; the hypergraph helpers; it learns."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import hypergraph_conv
 from prismrec.models import build_model
 from prismrec.models.layers import info_nce_all
 from prismrec.models.lgmrec import LGMRecConfig
-from tests.models.helpers import assert_loss_and_grads_match, check_config_names_field, check_learns_beyond_popularity
+from tests.models.helpers import first_batch, assert_loss_and_grads_match, check_config_names_field, check_learns_beyond_popularity
 
 F32 = LGMRecConfig(feature_precision="float32", cl_precision="float32", cl_weight=0.1, reg_weight=1e-3)
 
 
 def _batch(ds, size=64, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense(model):

@@ -7,11 +7,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import bipartite_adjacency, degree_prune
 from prismrec.models import build_model
 from prismrec.models.mmgcf import MMGCF, MMGCFConfig
 from tests.models.helpers import (
+    first_batch,
     assert_loss_and_grads_match,
     assert_matches_dense_reference,
     check_beats_most_popular,
@@ -26,7 +26,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=128, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _linear(x, layer):

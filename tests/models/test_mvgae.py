@@ -2,16 +2,14 @@
 loss, dropout and sampling reseeded identically), learning, plug-ins and config checks."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from prismrec.data import make_synthetic
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.models import build_model
 from prismrec.models.mvgae import MVGAE, MVGAEConfig, product_of_experts
-from tests.models.helpers import (assert_loss_and_grads_match, check_config_names_field,
+from tests.models.helpers import (assert_loss_and_grads_match, check_config_names_field, first_batch,
                                   check_learns_beyond_popularity, check_low_precision_close,
                                   check_trains_with_plugin, check_tunable)
 
@@ -22,7 +20,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=96, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense_mean_adjacency(train):

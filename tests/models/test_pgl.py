@@ -7,11 +7,10 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import PairwiseSampler
 from prismrec.graphs import bipartite_adjacency, svd_principal_graph
 from prismrec.models import build_model
 from prismrec.models.pgl import PGL, PGLConfig
-from tests.models.helpers import check_beats_most_popular, check_config_names_field, check_tunable
+from tests.models.helpers import first_batch, check_beats_most_popular, check_config_names_field, check_tunable
 
 F32 = dict(feature_precision="float32")
 
@@ -22,7 +21,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=96, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense_embeddings(model, adj):

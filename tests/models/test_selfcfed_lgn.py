@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prismrec.data.sampler import Batch, PairwiseSampler
+from prismrec.data.sampler import Batch
 from prismrec.graphs import bipartite_adjacency
 from prismrec.models import build_model
 from prismrec.models.selfcfed_lgn import SelfCFED, SelfCFEDConfig
 from tests.models.helpers import (
+    first_batch,
     assert_loss_and_grads_match,
     assert_matches_dense_reference,
     check_beats_most_popular,
@@ -25,7 +26,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=128, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _dense_dropped(ds, rho):

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from prismrec.config import resolve
-from prismrec.data.sampler import Batch, PairwiseSampler
+from prismrec.data.sampler import Batch
 from prismrec.graphs import bipartite_adjacency
 from prismrec.models import build_model
 from prismrec.models.slmrec import SLMRec, SLMRecConfig
 from tests.models.helpers import (check_beats_most_popular, check_config_names_field, check_serve_round_trip,
-                                  check_trains_with_plugin, check_tunable)
+                                  check_trains_with_plugin, check_tunable, first_batch)
 
 
 def _model(ds, **cfg):
@@ -21,7 +21,7 @@ def _model(ds, **cfg):
 
 
 def _batch(ds, size=96, seed=0):
-    return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+    return first_batch(ds, size, seed)
 
 
 def _info_nce(a, b, tau):
