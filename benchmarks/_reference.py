@@ -1,8 +1,9 @@
 """Shared harness of the side-by-side checks (``smore_reference.py``, ``lgmrec_reference.py``).
 
-A prismrec model (its fast path) and a plain full-table autograd transcription of the same model
-start from the same parameters and train on the same batches, prismrec's with its own optimiser
-(fused Adam, updates inside backward), the transcription with a plain ``torch.optim.Adam``. The
+A prismrec model (its fast path) and a plain full-table autograd version of the same model, written
+here from the model's equations, start from the same parameters and train on the same batches,
+prismrec's with its own optimiser (fused Adam, updates inside backward), the plain version with a
+plain ``torch.optim.Adam``. The
 harness prints both losses and the largest parameter difference as it goes, then both models'
 epoch metrics.
 """
