@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import NonNegFloat, PosInt, Rate, UnitFloat, tunable
-from prismrec.graphs import SparseMatrix, bipartite_adjacency, propagate, spmm
+from prismrec.graphs import SparseMatrix, _index_dtype, bipartite_adjacency, propagate, spmm
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import l2_loss
 
@@ -52,7 +52,7 @@ class _EdgeDropout:
         flipped = ids.T.tocsr()
         flipped.sort_indices()                     # the same pattern as Â's, as Â's pattern is symmetric
         self.mirror = torch.from_numpy(flipped.data.astype(np.int64) - 1)  # entry k of Âᵀ is entry mirror[k] of Â
-        self.itype = torch.int32 if max(adj.nnz, *adj.shape) < 2**31 - 1 else torch.int64  # MKL takes int32
+        self.itype = torch.int32 if _index_dtype(adj) is np.int32 else torch.int64  # graphs' int32-where-it-fits rule
         self.indptr = torch.from_numpy(adj.indptr.astype(np.int64))
         self.cols = torch.from_numpy(adj.indices).to(self.itype)
         self.values = torch.from_numpy(adj.data)
