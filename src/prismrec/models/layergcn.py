@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +12,7 @@ from prismrec.graphs import (
     binary_csr,
     bipartite_adjacency,
     degree_prune,
+    prune_from_torch_rng,
     refined_propagate,
     uniform_prune,
 )
@@ -74,9 +74,8 @@ class LayerGCN(JointTable, Model):
         if keep >= 1.0:
             self.masked_adj = self.full_adj
             return
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
         prune = degree_prune if epoch % 2 == 0 else uniform_prune
-        self.masked_adj = SparseMatrix(prune(self.train_matrix, keep, rng), symmetric=True)
+        self.masked_adj = prune_from_torch_rng(self.train_matrix, keep, prune)
 
     def _adj(self) -> SparseMatrix:
         if self.training and self.masked_adj is None:

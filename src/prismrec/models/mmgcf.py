@@ -5,13 +5,12 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, tunable
-from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, degree_prune, propagate
+from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, propagate, prune_from_torch_rng
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import batch_rows, chunked_rows, dot, l2_loss
 
@@ -99,9 +98,7 @@ class MMGCF(JointTable, Model):
         if self.config.dropout <= 0.0:
             self.masked_adj = self.full_adj
             return
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        self.masked_adj = SparseMatrix(degree_prune(self.train_matrix, 1.0 - self.config.dropout, rng),
-                                       symmetric=True)
+        self.masked_adj = prune_from_torch_rng(self.train_matrix, 1.0 - self.config.dropout)
 
     def _adj(self) -> SparseMatrix:
         if self.training and self.masked_adj is None:
