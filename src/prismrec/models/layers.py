@@ -576,7 +576,8 @@ def topk_indices(x: torch.Tensor, k: int, width: int | None = None) -> torch.Ten
     return pos.gather(1, cand.topk(k, dim=1, sorted=False).indices)
 
 
-def graded_neighbours(sims: list[torch.Tensor], n: int = 10) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def graded_neighbours(sims: list[torch.Tensor], n: int = 10,
+                      scratch: list[torch.Tensor] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pseudo-positives of each view from every view's similarities (no gradient).
 
     With ``P_v = softmax(S_v)`` row-wise for each view ``v``, view ``v``'s strong positives are
@@ -585,21 +586,34 @@ def graded_neighbours(sims: list[torch.Tensor], n: int = 10) -> list[tuple[torch
 
     Args:
         sims: one ``[B, I]`` similarity matrix per view (queries × all items).
+        scratch: ``V + 2`` float tensors of at least ``[B, I]`` to work in (their leading rows are
+            used); a caller that runs many row blocks passes the same ones every time, which spares
+            a fresh ``[B, I]`` allocation (and its page faults) per intermediate and block.
 
     Returns:
         ``(strong [B, n], weak [B, n])`` item indices per view.
     """
+    views, rows = len(sims), sims[0].shape[0]
+    if scratch is None:
+        scratch = [torch.empty_like(sims[0]) for _ in range(views + 2)]
+    work = [t[:rows] for t in scratch]
     with torch.no_grad():
-        probs = [torch.softmax(s, dim=1) for s in sims]
-        total = probs[0].clone()
+        probs = [_softmax_into(s, w) for s, w in zip(sims, work)]
+        total, score = work[views].copy_(probs[0]), work[views + 1]
         for p in probs[1:]:
             total += p
         out = []
         for p in probs:
-            strong = topk_indices(total + p, n)
+            strong = topk_indices(torch.add(total, p, out=score), n)
             weak = topk_indices(p.scatter_(1, strong, 0.0), n)  # p is not read again
             out.append((strong, weak))
     return out
+
+
+def _softmax_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``softmax(x)`` written into ``out`` (same shape), ``x`` untouched."""
+    torch.sub(x, x.amax(dim=1, keepdim=True), out=out).exp_()
+    return out.div_(out.sum(dim=1, keepdim=True))
 
 
 def graded_neighbour_contrast(qs: list[torch.Tensor], keys: list[torch.Tensor], n: int = 10,
@@ -643,11 +657,18 @@ class _GradedContrast(torch.autograd.Function):
         grad_q = [torch.empty_like(q) for q in qs]
         grad_k = [torch.zeros_like(k) for k in keys]
         total = qs[0].new_zeros(())
+        # every block's [rows, I] intermediates live in buffers made once per call
+        block = (min(block_rows, size), keys[0].shape[0])
+        sim_buf = [qs[0].new_empty(block) for _ in range(views)]
+        scratch = [qs[0].new_empty(block) for _ in range(views + 2)]
+        k_t = [k.T.contiguous() for k in k_op]                        # [d, I]: the products' layout
         for s in range(0, size, block_rows):
             e = min(s + block_rows, size)
-            sims = [q[s:e] @ k.T for q, k in zip(q_op, k_op)]            # [rows, I] per view
-            sims = [t.float() for t in sims] if low else sims
-            for v, (strong, weak) in enumerate(graded_neighbours(sims, n)):
+            if low:
+                sims = [(q[s:e] @ k).float() for q, k in zip(q_op, k_t)]
+            else:
+                sims = [torch.mm(q[s:e], k, out=buf[: e - s]) for q, k, buf in zip(qs, k_t, sim_buf)]
+            for v, (strong, weak) in enumerate(graded_neighbours(sims, n, scratch)):
                 loss, g = _two_level_rows(sims[v], strong, weak, temperature, eps)
                 total += loss
                 if low:
