@@ -223,6 +223,20 @@ class JointTable:
         return cfg.lr_decay ** (epoch / cfg.lr_decay_epochs)
 
 
+class EpochPrunedGraph:
+    """Mixin for models that train on a user-item graph pruned afresh each epoch (FREEDOM, LayerGCN,
+    MMGCF): their ``on_epoch_start`` sets ``self.masked_adj``; ``self.full_adj`` scores."""
+
+    masked_adj = None
+
+    def adjacency(self):
+        """The graph of the current mode: the epoch's pruned one in training (drawn now when no
+        epoch has started, e.g. a loss called outside the trainer), the full one otherwise."""
+        if self.training and self.masked_adj is None:
+            self.on_epoch_start(0)
+        return self.masked_adj if self.training else self.full_adj
+
+
 def adam(params, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam with the fused kernel: one pass per tensor instead of ~10 element-wise ops (about 9x
     faster on CPU for embedding tables); same update rule as MMRec's ``torch.optim.Adam``."""

@@ -17,7 +17,7 @@ from prismrec.graphs import (
     modality_graph,
     propagate,
 )
-from prismrec.models.base import Model, ModelConfig, register
+from prismrec.models.base import EpochPrunedGraph, Model, ModelConfig, register
 from prismrec.models.layers import bpr_loss, chunked_rows, dot, xavier_param
 
 IMAGE_NAMES = ("image", "visual")  # the modality that mm_image_weight applies to
@@ -57,7 +57,7 @@ def modality_weights(modalities: list[str], mm_image_weight: float, explicit: tu
 
 
 @register("freedom")
-class FREEDOM(Model):
+class FREEDOM(EpochPrunedGraph, Model):
     """Frozen modality item-item graph + degree-sensitively pruned user-item graph.
 
     `A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal Recommendation
@@ -95,7 +95,6 @@ class FREEDOM(Model):
         self.proj = nn.ModuleDict({m: nn.Linear(dim, cfg.feat_embed_dim) for m, dim in self.feature_dims().items()})
         self.train_matrix = sp.csr_matrix(dataset.train, dtype=np.float32)
         self.full_adj = SparseMatrix(bipartite_adjacency(self.train_matrix), symmetric=True)
-        self.masked_adj: SparseMatrix | None = None
         self.weights = modality_weights(self.modalities, cfg.mm_image_weight, cfg.modality_weights)
         self.mm_graphs = {m: modality_graph(self.features(m).detach().numpy(), cfg.knn_k, weighted=False)
                           for m in self.modalities}
@@ -114,9 +113,7 @@ class FREEDOM(Model):
         return self.item_emb if items is None else self.item_emb[items]
 
     def embeddings(self):
-        if self.training and self.masked_adj is None:
-            self.on_epoch_start(0)
-        adj = self.masked_adj if self.training else self.full_adj
+        adj = self.adjacency()
         h = propagate(self.mm_adj, self.item_emb, self.config.num_mm_layers, mean=False)  # [n_items, d]
         e = propagate(adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_ui_layers)
         return e[: self.n_users], e[self.n_users:] + h

@@ -16,7 +16,7 @@ from prismrec.graphs import (
     refined_propagate,
     uniform_prune,
 )
-from prismrec.models.base import JointTable, Model, ModelConfig, register
+from prismrec.models.base import EpochPrunedGraph, JointTable, Model, ModelConfig, register
 from prismrec.models.layers import dot, l2_loss
 
 
@@ -30,7 +30,7 @@ class LayerGCNConfig(ModelConfig):
 
 
 @register("layergcn")
-class LayerGCN(JointTable, Model):
+class LayerGCN(EpochPrunedGraph, JointTable, Model):
     """Graph convolution whose every layer is re-weighted by its agreement with the ego layer.
 
     `Layer-refined Graph Convolutional Networks for Recommendation
@@ -65,7 +65,6 @@ class LayerGCN(JointTable, Model):
         self.init_joint_table(self.config.embedding_dim)
         self.train_matrix = binary_csr(dataset.train)
         self.full_adj = SparseMatrix(bipartite_adjacency(self.train_matrix), symmetric=True)
-        self.masked_adj: SparseMatrix | None = None
 
     def on_epoch_start(self, epoch):
         """Prune the training graph (degree-sensitive on even epochs, uniform on odd ones), driven
@@ -77,14 +76,9 @@ class LayerGCN(JointTable, Model):
         prune = degree_prune if epoch % 2 == 0 else uniform_prune
         self.masked_adj = prune_from_torch_rng(self.train_matrix, keep, prune)
 
-    def _adj(self) -> SparseMatrix:
-        if self.training and self.masked_adj is None:
-            self.on_epoch_start(0)
-        return self.masked_adj if self.training else self.full_adj
-
     def propagate(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``E`` (the sum of the refined layers), or only its ``rows`` ``[len(rows), d]``."""
-        adj = self._adj()
+        adj = self.adjacency()
         return refined_propagate(adj, self.embedding, self.config.num_layers, rows)
 
     def embeddings(self):

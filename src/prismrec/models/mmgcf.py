@@ -11,7 +11,7 @@ from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, tunable
 from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, propagate, prune_from_torch_rng
-from prismrec.models.base import JointTable, Model, ModelConfig, register
+from prismrec.models.base import EpochPrunedGraph, JointTable, Model, ModelConfig, register
 from prismrec.models.layers import batch_rows, chunked_rows, dot, l2_loss
 
 FusionMode = Literal["mean", "sum", "concat"]
@@ -37,7 +37,7 @@ class MMGCFConfig(ModelConfig):
 
 
 @register("mmgcf")
-class MMGCF(JointTable, Model):
+class MMGCF(EpochPrunedGraph, JointTable, Model):
     """LightGCN over the user-item graph; each item's graph embedding is fused late with its
     projected modality features. MMRec's baseline (no paper).
 
@@ -91,7 +91,6 @@ class MMGCF(JointTable, Model):
             self.out_fuser = nn.Linear(d + (f if two_step else n_mod * f), d)
         self.train_matrix = binary_csr(dataset.train)
         self.full_adj = SparseMatrix(bipartite_adjacency(self.train_matrix), symmetric=True)
-        self.masked_adj: SparseMatrix | None = None
 
     def on_epoch_start(self, epoch):
         """Degree-sensitive pruning of the user-item graph, driven by torch's global RNG."""
@@ -99,11 +98,6 @@ class MMGCF(JointTable, Model):
             self.masked_adj = self.full_adj
             return
         self.masked_adj = prune_from_torch_rng(self.train_matrix, 1.0 - self.config.dropout)
-
-    def _adj(self) -> SparseMatrix:
-        if self.training and self.masked_adj is None:
-            self.on_epoch_start(0)
-        return self.masked_adj if self.training else self.full_adj
 
     def project(self, m: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """``h^m`` of ``items`` (all when None) ``[len, feat_embed_dim]``."""
@@ -133,13 +127,13 @@ class MMGCF(JointTable, Model):
         return self._combine([graph_items, content], self.out_fuser if concat else None)
 
     def embeddings(self):
-        e = propagate(self._adj(), self.embedding, self.config.num_layers)
+        e = propagate(self.adjacency(), self.embedding, self.config.num_layers)
         return e[: self.n_users], self.fuse(e[self.n_users:])
 
     def loss(self, batch):
         b = len(batch.users)
         r = batch_rows(batch, self.n_users)
-        rows, ego = propagate(self._adj(), self.embedding, self.config.num_layers, rows=r.rows, with_input=True)
+        rows, ego = propagate(self.adjacency(), self.embedding, self.config.num_layers, rows=r.rows, with_input=True)
         n_u = len(r.users)
         table = torch.cat([rows[:n_u], self.fuse(rows[n_u:], r.items)])    # [U + I, d]
         u, p, n = table[r.user_at], table[r.item_at[:b]], table[r.item_at[b:]]
