@@ -132,3 +132,14 @@ def test_config_errors(music_small):
         fit(music_small, "cmvae", {"objective": "vae"})
     with pytest.raises(ConfigError, match="valid_metric"):
         fit(music_small, "pop", {"valid_metric": "recall"})
+
+
+def test_cmvae_warns_when_its_contrastive_term_and_score_disagree(caplog):
+    from prismrec.tasks.music.cmvae import CMVAE, CMVAEConfig
+    with caplog.at_level("WARNING", logger="prismrec"):
+        CMVAE(CMVAEConfig(contrastive_weight=1.0), {"visual": 4}, {"audio": 3}, 5)
+    assert "score='cosine'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prismrec"):
+        CMVAE(CMVAEConfig(contrastive_weight=1.0, score="cosine"), {"visual": 4}, {"audio": 3}, 5)
+    assert caplog.text == ""
