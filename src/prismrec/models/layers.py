@@ -611,9 +611,9 @@ def graded_neighbours(sims: list[torch.Tensor], n: int = 10,
 
 
 def _softmax_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Row-wise ``softmax(x)`` written into ``out`` (same shape), ``x`` untouched."""
-    torch.sub(x, x.amax(dim=1, keepdim=True), out=out).exp_()
-    return out.div_(out.sum(dim=1, keepdim=True))
+    """Row-wise ``softmax(x)`` written into ``out`` (same shape), ``x`` untouched: torch's own
+    kernel (the same bits as ``torch.softmax``), through its ``out=`` form."""
+    return torch.ops.aten._softmax.out(x, 1, False, out=out)
 
 
 def graded_neighbour_contrast(qs: list[torch.Tensor], keys: list[torch.Tensor], n: int = 10,
