@@ -137,3 +137,26 @@ def test_config_errors_name_the_field():
 
 def test_learns_beyond_popularity(tiny, tmp_path):
     check_learns_beyond_popularity("lgmrec", tiny, tmp_path)
+
+
+def test_info_nce_all_workspace_reuses_buffers_and_guards_them():
+    from prismrec.models.layers import Workspace, info_nce_all
+    torch.manual_seed(0)
+    a = torch.randn(40, 8, requires_grad=True)
+    b = torch.randn(60, 8, requires_grad=True)
+    work = Workspace()
+    for index in (torch.randint(0, 40, (30,)), torch.randint(0, 40, (12,)), torch.randint(0, 40, (35,))):
+        got = []
+        for ws in (None, work):   # the same bits with and without the buffer; distinct rows vary per call
+            a.grad = b.grad = None
+            loss = info_nce_all(a, b, index, 0.2, workspace=ws, key="users")
+            loss.backward()
+            got.append((loss.detach(), a.grad.clone(), b.grad.clone()))
+        for x, y in zip(*got):
+            assert torch.equal(x, y)
+    assert len(work._buffers) == 1                                # one buffer, grown to the largest call
+    # the buffer overwritten before the first graph's backward: autograd refuses, never a wrong gradient
+    first = info_nce_all(a, b, torch.arange(20), 0.2, workspace=work, key="users")
+    info_nce_all(a, b, torch.arange(20), 0.5, workspace=work, key="users")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()

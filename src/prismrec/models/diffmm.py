@@ -17,6 +17,7 @@ from prismrec.models.base import JointTable, Model, ModelConfig, adam, register
 from prismrec.models.layers import (
     InteractionDenoiser,
     Precision,
+    Workspace,
     dot,
     info_nce_all,
     linear_variance_schedule,
@@ -130,6 +131,7 @@ class DiffMM(JointTable, Model):
         self._denoise_opt: torch.optim.Optimizer | None = None
         self.low = resolve_precision(c.precision) == torch.bfloat16
         self.cl_dtype = resolve_precision(c.cl_precision)
+        self._nce_work = Workspace()   # the contrast's [rows, all] matrices, reused step after step
         for name, v in linear_variance_schedule(c.noise_scale, c.noise_min, c.noise_max, c.steps).items():
             self.register_buffer(name, v, persistent=False)     # alpha_bar, loss_weight, coef_x0, coef_xt
         for m in self.modalities:  # generated items per user (-1: none yet) and the edge-dropout seed
@@ -241,8 +243,10 @@ class DiffMM(JointTable, Model):
         c, n = self.config, self.n_users
         pairs = ([(e, v) for v in views.values()] if c.cl_pairs == "main" else
                  [(views[a], views[b]) for i, a in enumerate(self.modalities) for b in self.modalities[i + 1:]])
-        nce = lambda a, b, rows: info_nce_all(a, b, rows, c.temperature, self.cl_dtype) / len(rows)  # batch mean
-        return sum(nce(a[:n], b[:n], users) + nce(a[n:], b[n:], items) for a, b in pairs)
+        def nce(a, b, rows, key):  # batch mean
+            return info_nce_all(a, b, rows, c.temperature, self.cl_dtype, self._nce_work, key) / len(rows)
+        return sum(nce(a[:n], b[:n], users, (k, "users")) + nce(a[n:], b[n:], items, (k, "items"))
+                   for k, (a, b) in enumerate(pairs))
 
     def loss(self, batch):
         c, n = self.config, self.n_users

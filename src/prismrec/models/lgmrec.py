@@ -14,6 +14,7 @@ from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     WIDE,
     Precision,
+    Workspace,
     dot,
     emb_loss,
     info_nce_all,
@@ -102,6 +103,7 @@ class LGMRec(JointTable, Model):
         low = resolve_precision(cfg.feature_precision) == torch.bfloat16
         self.bf16 = {m: low and k >= WIDE for m, k in dims.items()}
         self.cl_dtype = resolve_precision(cfg.cl_precision)
+        self._nce_work = Workspace()   # the contrast's [rows, all] matrices, reused step after step
         self._bf16_cache: dict = {}
 
     def memberships(self, logits: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,8 @@ class LGMRec(JointTable, Model):
         loss = -F.logsigmoid(dot(u, p) - dot(u, ng)).mean()
         cl = 0.0
         for k, a in enumerate(hyper):
-            for b in hyper[k + 1:]:
-                cl = cl + info_nce_all(a[:n], b[:n], batch.users, cfg.temperature, self.cl_dtype)
-                cl = cl + info_nce_all(a[n:], b[n:], batch.pos_items, cfg.temperature, self.cl_dtype)
+            for j, b in enumerate(hyper[k + 1:]):
+                w = self._nce_work
+                cl = cl + info_nce_all(a[:n], b[:n], batch.users, cfg.temperature, self.cl_dtype, w, (k, j, "users"))
+                cl = cl + info_nce_all(a[n:], b[n:], batch.pos_items, cfg.temperature, self.cl_dtype, w, (k, j, "items"))
         return loss + cfg.cl_weight * cl + cfg.reg_weight * emb_loss(u, p, ng)

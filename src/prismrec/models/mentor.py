@@ -13,7 +13,7 @@ from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, Unit
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import WIDE, Precision, dot, info_nce_all, project_fixed, resolve_precision
+from prismrec.models.layers import WIDE, Precision, Workspace, dot, info_nce_all, project_fixed, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,7 @@ class MENTOR(Model):
         self.bf16 = {m: low and dim >= WIDE for m, dim in self.feature_dims().items()}
         self._bf16_cache: dict = {}
         self.cl_dtype = resolve_precision(cfg.cl_precision)
+        self._nce_work = Workspace()   # the contrast's [rows, all] matrices, reused step after step
 
     def inputs(self, full: bool) -> tuple[torch.Tensor, int]:
         """The encoders' inputs ``x_e`` side by side ``[N + I, E·d]`` and how many lead unperturbed:
@@ -192,10 +193,11 @@ class MENTOR(Model):
                 total = total + (stats[a][0] - stats[b][0]).abs() + (stats[a][1] - stats[b][1]).abs()
         return total
 
-    def all_pairs_nce(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def all_pairs_nce(self, a: torch.Tensor, b: torch.Tensor, side: str) -> torch.Tensor:
         """Mean InfoNCE of every row of ``a`` against all rows of ``b``, in blocks of anchors."""
         idx = torch.arange(len(a))
-        return sum(info_nce_all(a, b, idx[s:s + self.nce_rows], self.config.temperature, self.cl_dtype)
+        return sum(info_nce_all(a, b, idx[s:s + self.nce_rows], self.config.temperature, self.cl_dtype,
+                                self._nce_work, (side, s))
                    for s in range(0, len(a), self.nce_rows)) / len(a)
 
     def loss(self, batch):
@@ -215,6 +217,6 @@ class MENTOR(Model):
         if self.copies > 1:
             views = [z[:, (m + 1 + k * m) * d:(m + 1 + (k + 1) * m) * d] for k in range(2)]
             u1, u2 = (self.fuse_users(v[:n]) for v in views)
-            nce = self.all_pairs_nce(u1, u2) + self.all_pairs_nce(views[0][n:], views[1][n:])
+            nce = self.all_pairs_nce(u1, u2, "users") + self.all_pairs_nce(views[0][n:], views[1][n:], "items")
             loss = loss + cfg.mask_weight_g * nce
         return loss
