@@ -509,10 +509,8 @@ class Workspace:
     def get(self, key, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         rows, cols = shape
         buf = self._buffers.get(key)
-        if buf is None or buf.shape[1] != cols or buf.dtype != dtype or buf.shape[0] < rows:
-            buf = torch.empty(max(rows, buf.shape[0] if buf is not None and buf.shape[1] == cols else 0), cols,
-                              dtype=dtype)
-            self._buffers[key] = buf
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != dtype:
+            buf = self._buffers[key] = torch.empty(rows, cols, dtype=dtype)
         return buf[:rows]
 
 
