@@ -426,17 +426,17 @@ def uniform_prune(train: sp.csr_matrix, keep_ratio: float, rng: np.random.Genera
     return bipartite_adjacency(kept)
 
 
-# ---------------------------------------------------------------------------------------------
-# cache
-# ---------------------------------------------------------------------------------------------
 def prune_from_torch_rng(train: sp.csr_matrix, keep_ratio: float, prune=None) -> "SparseMatrix":
     """``prune(train, keep_ratio, rng)`` (default :func:`degree_prune`) as a :class:`SparseMatrix`, with
     the numpy generator seeded from torch's global RNG, so ``torch.manual_seed`` fixes the draw (the
-    per-epoch edge pruning of LayerGCN and MMGCF)."""
+    per-epoch edge pruning of FREEDOM, LayerGCN, MMGCF and PGL's local mode)."""
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
     return SparseMatrix((prune or degree_prune)(train, keep_ratio, rng), symmetric=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
 def cache_root() -> Path | None:
     """``$PRISMREC_CACHE`` or ``~/.cache/prismrec``; ``PRISMREC_CACHE=off`` disables caching."""
     env = os.environ.get("PRISMREC_CACHE")

@@ -17,6 +17,7 @@ from prismrec.config import Checked
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import Batch
 from prismrec.errors import DataError, UnknownNameError, UnsupportedError
+from prismrec.graphs import prune_from_torch_rng
 from prismrec.models.layers import adam_rows_, adam_state, feature_tensor, rows_of  # noqa: F401  (adam_*: re-exported)
 
 _REGISTRY: dict[str, type["Model"]] = {}
@@ -225,9 +226,16 @@ class JointTable:
 
 class EpochPrunedGraph:
     """Mixin for models that train on a user-item graph pruned afresh each epoch (FREEDOM, LayerGCN,
-    MMGCF): their ``on_epoch_start`` sets ``self.masked_adj``; ``self.full_adj`` scores."""
+    MMGCF): their ``on_epoch_start`` calls :meth:`prune_epoch`; ``self.full_adj`` scores."""
 
     masked_adj = None
+
+    def prune_epoch(self, keep_ratio: float, prune=None) -> None:
+        """This epoch's training graph: ``self.train_matrix`` pruned by ``prune`` (default
+        degree-sensitive) to ``keep_ratio`` of its edges, drawn from torch's global RNG
+        (:func:`~prismrec.graphs.prune_from_torch_rng`); the full graph when nothing is dropped."""
+        self.masked_adj = (self.full_adj if keep_ratio >= 1.0
+                           else prune_from_torch_rng(self.train_matrix, keep_ratio, prune))
 
     def adjacency(self):
         """The graph of the current mode: the epoch's pruned one in training (drawn now when no

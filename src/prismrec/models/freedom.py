@@ -13,7 +13,6 @@ from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, UnitFloat, tun
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
-    degree_prune,
     modality_graph,
     propagate,
 )
@@ -102,12 +101,7 @@ class FREEDOM(EpochPrunedGraph, Model):
 
     def on_epoch_start(self, epoch):
         """Degree-sensitive pruning of the user-item graph, driven by torch's global RNG."""
-        if self.config.dropout <= 0.0:
-            self.masked_adj = self.full_adj
-            return
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        kept = degree_prune(self.train_matrix, 1.0 - self.config.dropout, np.random.default_rng(seed))
-        self.masked_adj = SparseMatrix(kept, symmetric=True)
+        self.prune_epoch(1.0 - self.config.dropout)
 
     def behaviour_embedding(self, items=None):
         return self.item_emb if items is None else self.item_emb[items]

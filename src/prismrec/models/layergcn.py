@@ -12,7 +12,6 @@ from prismrec.graphs import (
     binary_csr,
     bipartite_adjacency,
     degree_prune,
-    prune_from_torch_rng,
     refined_propagate,
     uniform_prune,
 )
@@ -69,12 +68,7 @@ class LayerGCN(EpochPrunedGraph, JointTable, Model):
     def on_epoch_start(self, epoch):
         """Prune the training graph (degree-sensitive on even epochs, uniform on odd ones), driven
         by torch's global RNG."""
-        keep = 1.0 - self.config.dropout
-        if keep >= 1.0:
-            self.masked_adj = self.full_adj
-            return
-        prune = degree_prune if epoch % 2 == 0 else uniform_prune
-        self.masked_adj = prune_from_torch_rng(self.train_matrix, keep, prune)
+        self.prune_epoch(1.0 - self.config.dropout, degree_prune if epoch % 2 == 0 else uniform_prune)
 
     def propagate(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``E`` (the sum of the refined layers), or only its ``rows`` ``[len(rows), d]``."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, tunable
-from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, propagate, prune_from_torch_rng
+from prismrec.graphs import SparseMatrix, binary_csr, bipartite_adjacency, propagate
 from prismrec.models.base import EpochPrunedGraph, JointTable, Model, ModelConfig, register
 from prismrec.models.layers import batch_rows, chunked_rows, dot, l2_loss
 
@@ -94,10 +94,7 @@ class MMGCF(EpochPrunedGraph, JointTable, Model):
 
     def on_epoch_start(self, epoch):
         """Degree-sensitive pruning of the user-item graph, driven by torch's global RNG."""
-        if self.config.dropout <= 0.0:
-            self.masked_adj = self.full_adj
-            return
-        self.masked_adj = prune_from_torch_rng(self.train_matrix, 1.0 - self.config.dropout)
+        self.prune_epoch(1.0 - self.config.dropout)
 
     def project(self, m: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """``h^m`` of ``items`` (all when None) ``[len, feat_embed_dim]``."""

@@ -16,9 +16,9 @@ from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, 
 from prismrec.graphs import (
     SparseMatrix,
     bipartite_adjacency,
-    degree_prune,
     modality_graph,
     propagate,
+    prune_from_torch_rng,
     svd_principal_graph,
 )
 from prismrec.models.base import Model, ModelConfig, register
@@ -125,9 +125,7 @@ class PGL(TrainableTables, Model):
         if cfg.keep_ratio >= 1.0:
             self.train_adj = self.full_adj
             return
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-        kept = degree_prune(self.train_matrix, cfg.keep_ratio, np.random.default_rng(seed))
-        self.train_adj = SparseMatrix(kept, symmetric=True)
+        self.train_adj = prune_from_torch_rng(self.train_matrix, cfg.keep_ratio)
 
     def _graph(self) -> SparseMatrix:
         if not self.training:
