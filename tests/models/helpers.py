@@ -5,12 +5,22 @@ import numpy as np
 import pytest
 import torch
 
-from prismrec.data.sampler import PairwiseSampler
+from prismrec.data.sampler import Batch, PairwiseSampler
 
 
 def first_batch(ds, size: int = 64, seed: int = 0):
     """The first pairwise batch of ``size`` rows of an epoch drawn with ``seed``."""
     return next(iter(PairwiseSampler(ds.train, size, np.random.default_rng(seed))))
+
+
+def assert_ignores_negatives(model, batch) -> None:
+    """The loss of ``batch`` is unchanged when every negative item is replaced by item 0 (models
+    trained without negatives: BM3, SelfCF, SLMRec), under the same random draws."""
+    torch.manual_seed(1)
+    expected = model.loss(batch)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.loss(Batch(batch.users, batch.pos_items, torch.zeros_like(batch.neg_items))),
+                               expected)
 
 
 def epoch_losses(model, dataset, *, epochs: int = 8, batch_size: int = 256, learning_rate: float = 1e-2) -> list[float]:
