@@ -1,19 +1,17 @@
 """DRAGON (Zhou et al., ECAI 2023), as in the authors' code / MMRec."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, UnitFloat, tunable
 from prismrec.graphs import SampledUserGraph, SparseMatrix, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.dualgnn import PreferenceGCN
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import Precision, dot
+from prismrec.models.layers import Precision, dot, log2_bpr_loss
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class DRAGON(PreferenceGCN, Model):
         e_u = (users[ids] + self.user_graph.matrix(ids) @ users)[at]   # [B, M·d]; the batch's rows of the user graph
         e_i = self.item_side(items)
         margin = dot(e_u, e_i[batch.pos_items]) - dot(e_u, e_i[batch.neg_items])
-        loss = -F.logsigmoid(margin).mean() / math.log(2.0)                    # the code's log2
+        loss = log2_bpr_loss(margin)
         reg = sum(self.preference[m][batch.users].pow(2).mean() for m in self.modalities)
         if len(self.modalities) > 1:
             reg = reg + self.user_weight.pow(2).mean()

@@ -1,7 +1,6 @@
 """DualGNN (Wang et al., IEEE TMM 2021), with MMRec's semantics."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +12,7 @@ from torch import nn
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, tunable
 from prismrec.graphs import SampledUserGraph, SparseMatrix, bipartite_adjacency, mean_aggregators, propagate
 from prismrec.models.base import Model, ModelConfig, register
-from prismrec.models.layers import WIDE, Precision, dot, project_fixed, resolve_precision, xavier_normal_param
+from prismrec.models.layers import WIDE, Precision, dot, log2_bpr_loss, project_fixed, resolve_precision, xavier_normal_param
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ class DualGNN(PreferenceGCN, Model):
         ids, at = torch.unique(batch.users, return_inverse=True)
         e_u = (users[ids] + self.user_graph.matrix(ids) @ users)[at]       # [B, d]
         margin = dot(e_u, items[batch.pos_items]) - dot(e_u, items[batch.neg_items])
-        loss = -F.logsigmoid(margin).mean() / math.log(2.0)                # the code's log2
+        loss = log2_bpr_loss(margin)
         reg = sum(self.preference[m][batch.users].pow(2).mean() for m in self.modalities)
         if len(self.modalities) > 1:
             reg = reg + self.user_weight.pow(2).mean()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import typing
 from typing import Literal, NamedTuple
@@ -76,6 +77,11 @@ def _warn_emulated_bf16() -> None:
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """``-mean log(σ(pos - neg))``, with MMRec's 1e-10 guard inside the log."""
     return -torch.log(1e-10 + torch.sigmoid(pos - neg)).mean()
+
+
+def log2_bpr_loss(margin: torch.Tensor) -> torch.Tensor:
+    """``-mean log₂ σ(margin)``: the base-2 BPR of the DualGNN family's code (DualGNN, DRAGON, MENTOR)."""
+    return -F.logsigmoid(margin).mean() / math.log(2.0)
 
 
 def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """MENTOR (Xu et al., AAAI 2025): multi-level self-supervised learning, as in the authors' code."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -13,7 +12,8 @@ from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, Unit
 from prismrec.graphs import SparseMatrix, bipartite_adjacency, modality_graph, propagate
 from prismrec.models.base import Model, ModelConfig, register
 from prismrec.models.freedom import modality_weights
-from prismrec.models.layers import WIDE, Precision, Workspace, dot, info_nce_all, project_fixed, resolve_precision
+from prismrec.models.layers import (WIDE, Precision, Workspace, dot, info_nce_all, log2_bpr_loss, project_fixed,
+                                    resolve_precision)
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ class MENTOR(Model):
         users, items = self.fuse_users(z[:n, : m * d]), z[n:, : m * d]
         u = users[batch.users]                                         # [B, M·d]
         margin = dot(u, items[batch.pos_items]) - dot(u, items[batch.neg_items])
-        loss = -F.logsigmoid(margin).mean() / math.log(2.0)           # the code's log2
+        loss = log2_bpr_loss(margin)
         reg = sum(self.encoders[k].preference[0][batch.users].square().mean() for k in self.modalities)
         loss = loss + cfg.reg_weight * (reg + self.user_weight.square().mean())
         if cfg.align_weight > 0:
