@@ -399,6 +399,55 @@ def modality_graph(features: np.ndarray, k: int, *, weighted: bool = True, cache
     return cached_csr("knn", [features, np.array([k, int(weighted)])], build)
 
 
+class NewItemRows:
+    """The rows unseen items would have in a weighted sum ``S = Σ_m w_m S_m`` of binary modality
+    graphs (``modality_graph(..., weighted=False)`` of the known items), the known rows unchanged.
+
+    In ``S_m`` every item links to its ``k`` most cosine-similar items, itself included, and
+    ``S_m = D^{-1/2} A D^{-1/2}`` with every degree ``k``. A new item's row therefore holds its
+    ``k - 1`` nearest known items, each ``1/k`` (both degrees are ``k``), and itself, ``1/k``: the
+    row it would have had in the graph built with it (where it may also enter known items'
+    rows; this cold start leaves them as trained). Used by the cold start (``embed_items``) of
+    the models with frozen binary kNN item graphs (FREEDOM, PGL).
+
+    Shapes:
+        known[m] [I, d_m], new[m] [n, d_m] -> neighbours[m] [n, k - 1].
+    """
+
+    def __init__(self, known: dict[str, np.ndarray | torch.Tensor], new: dict[str, torch.Tensor], k: int,
+                 weights: list[float], block_size: int = 1024, eps: float = 1e-7):
+        self.neighbours: list[torch.Tensor] = []
+        self.scales: list[float] = []
+        self.self_weight = 0.0
+        for (m, table), w in zip(known.items(), weights):
+            table = table if isinstance(table, torch.Tensor) else torch.from_numpy(np.array(table, dtype=np.float32))
+            x = torch.nn.functional.normalize(table.detach().float(), dim=1, eps=1e-12)
+            q = torch.nn.functional.normalize(torch.as_tensor(new[m], dtype=torch.float32), dim=1, eps=1e-12)
+            k_graph = min(k, len(x))  # the degree of the known rows (and of the new row)
+            take = min(k_graph - 1, len(x))
+            cols = [torch.mm(q[s:s + block_size], x.T).topk(take, dim=1).indices for s in range(0, len(q), block_size)]
+            self.neighbours.append(torch.cat(cols) if cols else torch.empty(0, take, dtype=torch.long))
+            self.scales.append(w / (k_graph + eps))   # (k + eps)^{-1/2} (k + eps)^{-1/2}, as sym_normalize
+            self.self_weight += w / (k_graph + eps)
+
+    def __matmul__(self, table: torch.Tensor) -> torch.Tensor:
+        """``S[new, known] @ table`` ``[n, d]`` for a known-items table ``[I, d]``."""
+        return sum(s * table[cols].sum(dim=1) for cols, s in zip(self.neighbours, self.scales))
+
+
+def propagate_new_items(adj: SparseMatrix, rows: NewItemRows, table: torch.Tensor, own: torch.Tensor,
+                        num_layers: int) -> torch.Tensor:
+    """The new items' rows of ``S'^L [table; own]`` over the graph ``S'`` that is ``adj`` (the known
+    items' ``S``) with ``rows`` added: layer by layer, ``h_new ← rows @ h_known + s_self h_new``
+    and ``h_known ← S h_known`` (the known rows do not see the new items). ``own [n, d]``: the
+    new items' layer-0 rows."""
+    known, mine = table, own
+    for _ in range(num_layers):
+        mine = rows @ known + rows.self_weight * mine
+        known = adj @ known
+    return mine
+
+
 def degree_prune(train: sp.csr_matrix, keep_ratio: float, rng: np.random.Generator) -> sp.csr_matrix:
     """FREEDOM's degree-sensitive edge pruning: keep ``keep_ratio`` of the user-item edges, sampled
     without replacement with probability ∝ ``1/sqrt(d_u d_i)``, and return the normalised

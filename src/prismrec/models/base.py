@@ -141,6 +141,12 @@ class Model(nn.Module):
         """
         raise UnsupportedError(f"model '{self.name}' cannot embed unseen items from their features")
 
+    def new_item_features(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Unseen items' raw features as the model's content path reads them (``features()`` of the
+        training items): unchanged here; a feature plug-in (BeFA, ERL) refines them as it refines
+        the training items'. ``embed_items`` passes its features through this before projecting."""
+        return features
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook before each training epoch (e.g. FREEDOM's edge pruning)."""
 

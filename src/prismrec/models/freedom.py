@@ -11,10 +11,12 @@ from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosInt, Rate, UnitFloat, tunable
 from prismrec.graphs import (
+    NewItemRows,
     SparseMatrix,
     bipartite_adjacency,
     modality_graph,
     propagate,
+    propagate_new_items,
 )
 from prismrec.models.base import EpochPrunedGraph, Model, ModelConfig, register
 from prismrec.models.layers import bpr_loss, chunked_rows, dot, xavier_param
@@ -72,7 +74,9 @@ class FREEDOM(EpochPrunedGraph, Model):
 
     ``Ã`` is the user-item graph after degree-sensitive pruning (a fraction ``dropout`` of the
     edges is dropped, each epoch, keeping edges with probability ∝ 1/sqrt(d_u d_i)); scoring
-    uses the full graph. ``S`` is binarised, normalised and frozen (built once from the raw
+    uses the full graph. Cold start (not in the paper): an unseen item gets the row of ``S`` its
+    features give it (:class:`~prismrec.graphs.NewItemRows`) and no ID embedding, so its vector is
+    ``h`` from its nearest known items alone. ``S`` is binarised, normalised and frozen (built once from the raw
     features). The modality BPR terms (weighted by ``reg_weight``) read only ``W_m (f_{i+} - f_{i-})``:
     the bias cancels, so one projection of the difference gives MMRec's gradients without
     projecting the whole catalogue every batch. As in the paper, the raw features are fixed
@@ -105,6 +109,13 @@ class FREEDOM(EpochPrunedGraph, Model):
 
     def behaviour_embedding(self, items=None):
         return self.item_emb if items is None else self.item_emb[items]
+
+    def embed_items(self, features):
+        """Unseen items: ``h = S'^{L_m} E_I`` with their own ID row (and LightGCN part) zero."""
+        rows = NewItemRows({m: Model.features(self, m) for m in self.modalities}, features, self.config.knn_k,
+                           self.weights)
+        own = self.item_emb.new_zeros(len(rows.neighbours[0]), self.item_emb.shape[1])
+        return propagate_new_items(self.mm_adj, rows, self.item_emb, own, self.config.num_mm_layers)
 
     def embeddings(self):
         adj = self.adjacency()

@@ -14,10 +14,12 @@ from torch import nn
 
 from prismrec.config import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, UnitFloat, tunable
 from prismrec.graphs import (
+    NewItemRows,
     SparseMatrix,
     bipartite_adjacency,
     modality_graph,
     propagate,
+    propagate_new_items,
     prune_from_torch_rng,
     svd_principal_graph,
 )
@@ -88,6 +90,11 @@ class PGL(TrainableTables, Model):
     tables are trainable, ``S`` is built once from the initial features, and the item graph sums
     are generalised from image + text to any modalities with FREEDOM's weights.
 
+    Cold start (not in the paper): items have no ID rows, so an unseen item's vector is the one it
+    would have as a training item without interactions: ``x/(L+1) + h`` from its projected
+    features and its row of ``S`` (:class:`~prismrec.graphs.NewItemRows`, searched among the
+    features ``S`` was built from).
+
     Shapes:
         E_U [n_users, M·d]; f^(m) [n_items, d_m]; W_m [d, d_m]; X, h [n_items, M·d]; S [n_items²].
     """
@@ -105,6 +112,7 @@ class PGL(TrainableTables, Model):
         self.full_adj = SparseMatrix(self._full, symmetric=True)
         self.train_adj: SparseMatrix | None = None
         self.weights = modality_weights(self.modalities, cfg.mm_image_weight, cfg.modality_weights)
+        self.graph_features = {m: dataset.features[m] for m in self.modalities}  # S's (the tables get trained)
         self.mm_graphs = {m: modality_graph(getattr(self, f"feat_{m}").numpy(), cfg.knn_k, weighted=False)
                           for m in self.modalities}
         self.mm_adj = SparseMatrix(sum(w * self.mm_graphs[m] for m, w in zip(self.modalities, self.weights)))
@@ -158,6 +166,15 @@ class PGL(TrainableTables, Model):
         drop = lambda t: F.dropout(t, cfg.dropout, training=self.training)  # noqa: E731
         cl = (info_nce(drop(u), drop(u), cfg.temperature) + info_nce(drop(p), drop(p), cfg.temperature)) / 2
         return loss + cfg.reg_weight * cl
+
+    def embed_items(self, features):
+        """Unseen items: ``x/(L+1) + h`` with ``h`` their rows of ``S'^{L_m} [X; x]``."""
+        feats = self.new_item_features(features)
+        x = torch.cat([F.normalize(self.proj[m](torch.as_tensor(feats[m], dtype=torch.float32)))
+                       for m in self.modalities], dim=1)
+        rows = NewItemRows(self.graph_features, features, self.config.knn_k, self.weights)
+        h = propagate_new_items(self.mm_adj, rows, self.item_inputs(), x, self.config.num_mm_layers)
+        return x / (self.config.num_ui_layers + 1) + h
 
     def modality_contributions(self, users, items):
         """Each modality's ``d``-block of the score: ``ē_u^{(m)} · (ē_i + h_i)^{(m)}`` (they sum to the score)."""

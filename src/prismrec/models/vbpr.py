@@ -75,7 +75,8 @@ class VBPR(Model):
 
     def embed_items(self, features):
         """Unseen items: a zero ID part (an item never trained on) beside the projected content ``[n, 2d]``."""
-        content = self.proj_bias + sum(features[m].to(self.proj_bias.dtype) @ self.proj[m].T
+        feats = self.new_item_features(features)
+        content = self.proj_bias + sum(torch.as_tensor(feats[m]).to(self.proj_bias.dtype) @ self.proj[m].T
                                        for m in self.modalities)  # [n, d]
         return torch.cat([content.new_zeros(len(content), self.config.embedding_dim), content], dim=1)
 

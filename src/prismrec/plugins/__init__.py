@@ -45,13 +45,13 @@ def feature_host(model_cls, plugin: str, verb: str, marker: str):
 
 def plugin_class(model_cls: type, mixin: type, cold_start: type | None, *, suffix: str, marker: str,
                  fields: list, doc: str, description: str) -> type:
-    """The class a feature plug-in returns: ``mixin`` (and ``cold_start``, where the host can embed
-    unseen items) placed before ``model_cls`` in the method order, so each ``super()`` call in the
+    """The class a feature plug-in returns: ``mixin`` (and ``cold_start``, its ``new_item_features``
+    refinement of unseen items' features) placed before ``model_cls`` in the method order, so each ``super()`` call in the
     mixin reaches the host; its ``Config`` is the host's extended with ``fields`` (frozen, ranges
     checked like every config); ``marker`` names the host on the class (one wrap per plug-in)."""
     config = dataclasses.make_dataclass(f"{model_cls.Config.__name__}{suffix}", fields, bases=(model_cls.Config,),
                                         frozen=True, namespace={"__module__": mixin.__module__})
-    bases = (mixin, cold_start) if cold_start is not None and hasattr(model_cls, "embed_items") else (mixin,)
+    bases = (mixin, cold_start) if cold_start is not None else (mixin,)
     return type(f"{model_cls.__name__}{suffix}", (*bases, model_cls), {
         "__doc__": f"{model_cls.__name__} {doc}", "__module__": mixin.__module__, "Config": config,
         "description": f"{model_cls.description} + {description}", marker: model_cls})

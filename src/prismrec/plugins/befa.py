@@ -145,14 +145,15 @@ class BeFAMixin:
 
 
 class BeFAColdStart:
-    """Cold start, mixed in where the host can embed unseen items."""
+    """Cold start: unseen items' features pass through the adapters too (the host's ``embed_items``
+    reads them through ``new_item_features``)."""
 
-    def embed_items(self, features):
+    def new_item_features(self, features):
         """Unseen items: adapted with the mean behaviour embedding standing in for their own."""
+        features = super().new_item_features(features)
         mean = self.befa_behaviour().mean(dim=0, keepdim=True)
-        adapted = {m: self.befa[m](torch.as_tensor(f, dtype=mean.dtype), mean.expand(len(f), -1))
-                   for m, f in features.items()}
-        return super().embed_items(adapted)
+        return {m: self.befa[m](torch.as_tensor(f, dtype=mean.dtype), mean.expand(len(f), -1))
+                for m, f in features.items()}
 
 
 @register_plugin("befa")

@@ -253,14 +253,14 @@ class ERLMixin:
 
 
 class ERLColdStart:
-    """Cold start, mixed in where the host can embed unseen items."""
+    """Cold start: unseen items' features are refined too (the host's ``embed_items`` reads them
+    through ``new_item_features``)."""
 
-    def embed_items(self, features):
-        """Unseen items: their features are refined by the Euler module first."""
-        raw = {m: torch.as_tensor(f, dtype=torch.float32) for m, f in features.items()}
+    def new_item_features(self, features):
+        """Unseen items: their features are refined by the Euler module."""
+        raw = {m: torch.as_tensor(f, dtype=torch.float32) for m, f in super().new_item_features(features).items()}
         with torch.no_grad():
-            refined = self.erl.refine(raw, self.erl.codes(raw))
-        return super().embed_items(refined)
+            return self.erl.refine(raw, self.erl.codes(raw))
 
 
 @register_plugin("erl")
