@@ -3,6 +3,7 @@ import json
 import re
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from prismrec.cli import app
@@ -54,6 +55,9 @@ def test_config_file_and_overrides(tmp_path, mmrec_dir):
     (["--model", "nosuch"], "unknown model 'nosuch'"),
     (["--model", "bpr", "--set", "epochz=3"], "unknown config key"),
     (["--model", "bpr", "--set", "epochs=three"], "epochs: expected int"),
+    (["--model", "bpr", "--device", "gpu"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
+    pytest.param(["--model", "bpr", "--device", "cuda"], "sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
 ])
 def test_train_errors_are_one_line(tmp_path, mmrec_dir, args, msg):
     r = runner.invoke(app, ["train", "--data", str(mmrec_dir), *args, "--out", str(tmp_path / "x")])

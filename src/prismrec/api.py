@@ -15,6 +15,7 @@ from prismrec.data.dataset import Dataset
 from prismrec.errors import BundleError, DataError, PrismrecError, UnknownNameError
 from prismrec.evaluation import DEFAULT_BLOCK, DEFAULT_KS, METRICS, evaluate_splits
 from prismrec.models.base import Model, get_model_class
+from prismrec.models.layers import building_for
 from prismrec.train.trainer import FitResult, Trainer, peak_rss_mb, seed_everything
 
 log = logging.getLogger("prismrec")
@@ -111,7 +112,8 @@ class Recommender:
         if cfg.feature_norm != "none":  # once, before Model.setup: every model sees the same inputs
             from prismrec.data.transforms import normalize_dataset
             dataset, self.feature_norm = normalize_dataset(dataset, cfg.feature_norm)
-        self.model = self.model_cls(dataset, self.model_config)
+        with building_for(cfg.device):  # "auto" precisions resolve for the training device
+            self.model = self.model_cls(dataset, self.model_config)
         setup_seconds = time.perf_counter() - t0
         self.dataset = dataset
         trainer = Trainer(self.model, dataset, cfg, run_dir=run_dir, show_progress=show_progress,
@@ -121,6 +123,9 @@ class Recommender:
         self.result = trainer.fit(resume=resume)
         if trainer.best_state is not None:
             self.model.load_state_dict(trainer.best_state)
+        if trainer.device.type != "cpu":  # bundles are written, and models served, from the CPU
+            trainer.best_state = None
+            self.model.to_device("cpu")
         r = self.result
         self.metrics = {"model": self.model_name, "plugins": list(self.plugins), "dataset": dataset.name,
                         "best_epoch": r.best_epoch, "epochs": r.epochs_run, "stopped_early": r.stopped_early,
@@ -128,7 +133,7 @@ class Recommender:
                         "cpu_sec_per_epoch": r.cpu_sec_per_epoch,
                         "eval_seconds": r.eval_seconds, "setup_seconds": setup_seconds,
                         "peak_rss_mb": peak_rss_mb(), "data_path": data_path, "stop_reason": r.stop_reason,
-                        "interrupted": r.interrupted}
+                        "interrupted": r.interrupted, "device": _device_name(trainer.device)}
         if r.interrupted and r.best_epoch < 0:  # no epoch finished: nothing worth a bundle
             self.model = None
             raise TrainingInterrupted("interrupted before the first epoch finished; nothing was saved",
@@ -355,6 +360,13 @@ def _bundle_feature_norm(path: Path, mode: str, modalities: dict[str, int]):
     if norm.mode != mode:
         raise BundleError(f"{f}: field 'mode': expected {mode!r} (config.json's feature_norm), got {norm.mode!r}")
     return norm
+
+
+def _device_name(device: torch.device) -> str:
+    """``"cpu"``, or e.g. ``"cuda:0 (NVIDIA H200)"``: where a run trained (its ``metrics.json``)."""
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def _first_line(e: BaseException) -> str:

@@ -182,6 +182,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, help="time budget: stop after "
                                                 "this many minutes, keep the best epoch (resumable)"),
+    device: Optional[str] = typer.Option(None, "--device", metavar="cpu|cuda|cuda:N",
+                                         help="where to train (same as --set device=...; default cpu): a CUDA "
+                                         "GPU needs a CUDA build of torch; the bundle is written for the CPU"),
 ):
     """Train a model (early stopping on the validation metric, Recall@20 by default) and write a bundle
     into the run directory.
@@ -193,6 +196,8 @@ def train(
     """
     _setup_logging(False)
     values = run_guarded(_collect_config, config, set_)
+    if device is not None:
+        values["device"] = device
     if max_minutes is not None and max_minutes <= 0:
         raise typer.BadParameter(f"must be > 0, got {max_minutes}", param_hint="--max-minutes")
     allowed = [k.strip() for a in allow_config_change for k in a.split(",") if k.strip()]

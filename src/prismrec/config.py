@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -117,16 +118,17 @@ class TrainConfig(Checked):
     num_threads: int = 0            # 0 = torch's default
     checkpoint: bool = True         # write a checkpoint after each epoch (for --resume)
     clip_grad_norm: float = 0.0     # 0 = off
-    device: str = "cpu"             # training runs on the CPU; GPU training is not implemented yet
+    # where training runs: "cpu", or "cuda" / "cuda:N" (a GPU, for models with runs_on_cuda);
+    # the trained model comes back to the CPU, where bundles are saved and served
+    device: str = "cpu"
     # item features before Model.setup (data/transforms.py)
     feature_norm: FeatureNorm = "none"
 
     def validate(self):
         if self.min_epochs > self.epochs:
             raise ConfigError(f"min_epochs ({self.min_epochs}) must be at most epochs ({self.epochs})")
-        if self.device != "cpu":  # refuse rather than silently train on the CPU
-            raise ConfigError(f"device must be 'cpu' (GPU training is not implemented yet; scale out with "
-                              f"torchrun instead), got {self.device!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):  # refuse rather than silently train on the CPU
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N' (a GPU index), got {self.device!r}")
         if "@" not in self.valid_metric:
             raise ConfigError(f"valid_metric must look like 'recall@20', got {self.valid_metric!r}")
         k = int(self.valid_metric.split("@")[1])

@@ -120,6 +120,12 @@ class SparseMatrix:
         return self
 
 
+def csr_rows(m: sp.csr_matrix, rows: torch.Tensor) -> SparseMatrix:
+    """Rows ``rows`` (an index tensor) of a fixed scipy CSR as a :class:`SparseMatrix` on ``rows``' device:
+    ``(M @ X)[rows]`` computed from those rows only."""
+    return SparseMatrix(m[rows.cpu().numpy()], symmetric=False).to(rows.device)
+
+
 def _index_dtype(m: sp.spmatrix) -> type:
     """int32 indices where they fit: MKL's sparse kernels take int32, int64 ones are converted on
     every product."""
@@ -595,6 +601,7 @@ def neighbour_matrix(index: torch.Tensor, weight: torch.Tensor, n_cols: int) -> 
     ``M @ X`` is ``Σ_j weight[r, j] X[index[r, j]]`` without the ``[n, k, d]`` gather."""
     n, k = index.shape
     # copies: sum_duplicates works in place and would write into the tensors' memory
+    weight, index = weight.detach().cpu(), index.cpu()
     m = sp.csr_matrix((weight.numpy().astype(np.float32, copy=True).ravel(), index.numpy().ravel().copy(),
                        np.arange(0, n * k + 1, k)), shape=(n, n_cols))
     m.sum_duplicates()
@@ -799,4 +806,4 @@ class SampledUserGraph(torch.nn.Module):
         if self._csr is None or self._csr[0] != key:
             self._csr = key, neighbour_matrix(self.index, self.weight, self.index.shape[0])
         m = self._csr[1]
-        return SparseMatrix(m if rows is None else m[rows.numpy()], symmetric=False)
+        return SparseMatrix(m, symmetric=False).to(self.index.device) if rows is None else csr_rows(m, rows)

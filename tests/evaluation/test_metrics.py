@@ -202,3 +202,47 @@ def test_norm_pruned_ranking_pads_short_lists():
     top = topk_items(model.score, np.arange(20), 5, sp.csr_matrix(dense))
     assert set(top[0][:2].tolist()) == {38, 39} and (top[0][2:] == -1).all()
     np.testing.assert_array_equal(top, topk_items(lambda x: model.score(x), np.arange(20), 5, sp.csr_matrix(dense)))
+
+
+def test_gpu_top_k_selects_what_the_cpu_heap_selects():
+    """select_top_torch (the ranking of a model on a GPU, run here on CPU tensors) returns the same
+    items as the faiss heap: masked (-inf) and NaN scores never, -1 where too few are left."""
+    from prismrec.evaluation.ranking import _select_top, select_top_torch
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 300, generator=g)  # continuous: no ties, so both orders are the same
+    scores[scores < -0.5] = -torch.inf
+    scores[3, :] = -torch.inf
+    scores[4, :295] = -torch.inf
+    scores[4, 295:] = torch.arange(5.0)
+    scores[5, 7] = float("nan")
+    for k in (1, 10, 50):
+        a, b = _select_top(scores.clone(), k), select_top_torch(scores.clone(), k)
+        assert np.array_equal(a, b), k
+    assert (select_top_torch(scores, 10)[3] == -1).all()
+    assert select_top_torch(scores, 10)[4].tolist() == [299, 298, 297, 296, 295] + [-1] * 5
+    assert 7 not in select_top_torch(scores, 300)[5]
+    assert select_top_torch(scores[:, :0], 5).shape == (64, 5)
+
+
+def test_evaluation_ranks_where_the_model_is(tiny):
+    """A model on another device is ranked there: the score function gets user indices on the model's
+    device (here a stand-in that records them) and the metrics equal the CPU ranking's."""
+    from prismrec import Recommender
+    from prismrec.evaluation import ranking
+    rec = Recommender("bpr", epochs=1, batch_size=256).fit(tiny, show_progress=False)
+    model, seen = rec.model, []
+    with model.scoring():
+        base = evaluate_splits(model.score, tiny.train, {"test": tiny.test})
+
+        def score(users, out=None):
+            seen.append(users.device)
+            return model.score(users, out=out)
+        score.__self__ = model  # what _score_device reads from a bound method
+        orig = ranking._select_top
+        ranking._select_top = lambda s, k: ranking.select_top_torch(s, k)
+        try:
+            other = evaluate_splits(score, tiny.train, {"test": tiny.test})
+        finally:
+            ranking._select_top = orig
+    assert seen and all(d == model.device for d in seen)
+    assert other == base

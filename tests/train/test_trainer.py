@@ -85,6 +85,65 @@ def test_unknown_config_key(tiny):
         Recommender("bpr", embeding_dim=8)
 
 
-def test_non_cpu_device_is_refused_not_ignored():
-    with pytest.raises(ValueError, match="device must be 'cpu'.*'cuda'"):
-        Recommender("bpr", device="cuda")
+def test_malformed_device_is_refused_not_ignored():
+    for bad in ("gpu", "cuda:x", "mps"):
+        with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+            Recommender("bpr", device=bad)
+
+
+def test_cuda_device_errors_are_clear(tiny, monkeypatch):
+    """A GPU run is refused before any work, naming why: a model not checked on a GPU (listing the
+    ones that are), a plug-in not checked there, no CUDA device, a device index that is not there."""
+    from prismrec.models.base import get_model_class
+    from prismrec.plugins.befa import BeFAMixin
+    monkeypatch.setattr(get_model_class("bpr"), "runs_on_cuda", False)
+    with pytest.raises(PrismrecError, match=r"model 'bpr' has not been checked on a GPU.*device=cpu.*mentor"):
+        Recommender("bpr", device="cuda", epochs=1).fit(tiny, show_progress=False)
+    monkeypatch.setattr(BeFAMixin, "runs_on_cuda", False)
+    with pytest.raises(PrismrecError, match="not been checked on a GPU"):  # a plug-in: only where both were
+        Recommender("vbpr", plugins=["befa"], device="cuda", epochs=1).fit(tiny, show_progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PrismrecError, match="sees no CUDA GPU"):
+        Recommender("vbpr", plugins=["erl"], device="cuda", epochs=1).fit(tiny, show_progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PrismrecError, match=r"device='cuda:3'.*1 CUDA device"):
+        Recommender("lightgcn", device="cuda:3", epochs=1).fit(tiny, show_progress=False)
+    with pytest.raises(PrismrecError, match="data-parallel"):
+        from prismrec.train.trainer import training_device
+        training_device("cuda", get_model_class("lightgcn")(tiny), dist=object())
+
+
+def test_every_trainable_model_is_checked_on_a_gpu():
+    """runs_on_cuda is earned by the GPU check (benchmarks/gpu_check.py smoke): the file it wrote lists
+    every model that claims it as having trained, saved and reloaded there."""
+    import json
+    from pathlib import Path
+
+    from prismrec.models.base import registered_models
+    smoke = json.loads((Path(__file__).parents[2] / "benchmarks/results/gpu-smoke.json").read_text())
+    claimed = {n for n, c in registered_models().items() if c.runs_on_cuda}
+    assert claimed and claimed <= set(smoke["passed"])
+
+
+def test_to_device_moves_every_held_tensor(tiny):
+    """Model.to_device reaches the tensors models keep outside parameters and buffers (graphs, index
+    tensors inside helper objects, caches), and keeps shared ones shared."""
+    from prismrec.models.base import build_model, map_state
+    model = build_model("mentor", tiny)
+    seen = []
+
+    def mark(t):
+        seen.append(t)
+        return t.clone()
+    a, at = model.adj.a, model.adj.at
+    assert a is at  # symmetric graph: one tensor
+    map_state(model, mark)
+    assert model.adj.a is model.adj.at and model.adj.a is not a
+    assert any(t is a for t in seen) and model.item_graph.a is not None
+    assert sum(t is a for t in seen) == 1
+    model.to_device("cpu")
+    assert model.device == torch.device("cpu")
+    rec = Recommender("freedom", epochs=1, batch_size=256)
+    rec.fit(tiny, show_progress=False)
+    assert rec.metrics["device"] == "cpu"

@@ -50,11 +50,13 @@ def _ranked_blocks(score_fn, users: np.ndarray, k: int, masks, block_size: int):
         yield from _factor_blocks(*factors, users, k, masks, block_size)
         return
     takes_out = _takes_out(score_fn)
+    device = _score_device(score_fn)
+    on_cpu = device.type == "cpu"
     buf = None
     with torch.no_grad():
         for s in range(0, len(users), block_size):
             ub = users[s:s + block_size]
-            ut = torch.from_numpy(ub)
+            ut = torch.from_numpy(ub) if on_cpu else torch.from_numpy(ub).to(device)
             # A fresh [block, n_items] result each block costs page faults on every block (the
             # allocator returns large blocks to the OS); writing into one buffer is ~30% faster.
             scores = score_fn(ut) if buf is None else score_fn(ut, out=buf[:len(ub)])
@@ -62,10 +64,31 @@ def _ranked_blocks(score_fn, users: np.ndarray, k: int, masks, block_size: int):
                 buf = scores
             n_items = scores.shape[1]
             for m in masks:
-                flat = _cached(m, ("mask", ub.tobytes(), n_items),
-                               lambda m=m, ub=ub, n=n_items: torch.from_numpy(_flat_coords(m, ub, n)))
+                flat = _cached(m, ("mask", ub.tobytes(), n_items, str(device)),
+                               lambda m=m, ub=ub, n=n_items: torch.from_numpy(_flat_coords(m, ub, n)).to(device))
                 scores.view(-1)[flat] = -torch.inf
-            yield s, ub, _select_top(scores, k)
+            yield s, ub, _select_top(scores, k) if on_cpu else select_top_torch(scores, k)
+
+
+def _score_device(score_fn) -> torch.device:
+    """Where ``score_fn`` computes: the ``device`` of the model it is a method of (the CPU otherwise)."""
+    device = getattr(getattr(score_fn, "__self__", None), "device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
+
+
+def select_top_torch(scores: torch.Tensor, k: int) -> np.ndarray:
+    """:func:`_select_top` by ``torch.topk`` where the scores are (a model on a GPU ranks there
+    and only the ``[b, k]`` indices travel): ``-1`` where fewer than ``k`` finite scores are left;
+    NaN never selected."""
+    b, n = scores.shape
+    ids = np.full((b, k), -1, dtype=np.int64)
+    if b == 0 or n == 0:
+        return ids
+    # NaN joins the masked (-inf) entries; nan_to_num would also turn -inf into a finite number unless told not to
+    x = scores.detach().float().nan_to_num(nan=-torch.inf, posinf=torch.finfo(torch.float32).max, neginf=-torch.inf)
+    vals, top = torch.topk(x, min(k, n), dim=1)
+    ids[:, :top.shape[1]] = torch.where(vals > -torch.inf, top, -1).cpu().numpy()
+    return ids
 
 
 def _dot_factors(score_fn) -> tuple[torch.Tensor, torch.Tensor] | None:

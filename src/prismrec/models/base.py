@@ -7,6 +7,8 @@ The trainer calls ``loss(batch)``; the evaluator calls ``score(users)`` inside `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,6 +61,9 @@ class Model(nn.Module):
     min_modalities: ClassVar[int | None] = None
     train_defaults: ClassVar[dict] = {}
     trainable: ClassVar[bool] = True
+    # trains with ``device="cuda"``: set where a training run on a GPU was checked
+    # (benchmarks/gpu_check.py); the trainer refuses the others on a GPU rather than fail midway
+    runs_on_cuda: ClassVar[bool] = False
 
     def __init__(self, dataset: Dataset, config: ModelConfig | None = None):
         super().__init__()
@@ -167,6 +172,23 @@ class Model(nn.Module):
         Default: nothing (every parameter is updated by ``step()``)."""
 
     # -- helpers --------------------------------------------------------------------------------
+    def to_device(self, device: torch.device | str) -> "Model":
+        """Move the model to ``device``: its parameters and buffers (``nn.Module.to``) and the fixed
+        structures models keep as plain attributes (graphs, index tensors, reusable buffers).
+
+        Returns ``self``. Tensors shared between attributes stay shared (one copy each)."""
+        device = torch.device(device)
+        self.to(device)
+        map_state(self, lambda t: t.to(device))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters (or, without any, its buffers) live."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     @property
     def is_dot_product(self) -> bool:
         return type(self).embeddings is not Model.embeddings
@@ -241,7 +263,7 @@ class EpochPrunedGraph:
         degree-sensitive) to ``keep_ratio`` of its edges, drawn from torch's global RNG
         (:func:`~prismrec.graphs.prune_from_torch_rng`); the full graph when nothing is dropped."""
         self.masked_adj = (self.full_adj if keep_ratio >= 1.0
-                           else prune_from_torch_rng(self.train_matrix, keep_ratio, prune))
+                           else prune_from_torch_rng(self.train_matrix, keep_ratio, prune).to(self.device))
 
     def adjacency(self):
         """The graph of the current mode: the epoch's pruned one in training (drawn now when no
@@ -249,6 +271,56 @@ class EpochPrunedGraph:
         if self.training and self.masked_adj is None:
             self.on_epoch_start(0)
         return self.masked_adj if self.training else self.full_adj
+
+
+# the attributes every nn.Module has (parameters, buffers, submodules, hooks): nn.Module.to handles them
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def map_state(model: nn.Module, fn) -> None:
+    """Replace every tensor a module tree holds outside its parameters and buffers by ``fn(tensor)``.
+
+    Walks each submodule's plain attributes, into lists, tuples and dicts, and into objects of
+    prismrec's own classes (``SparseMatrix``, ``UserItemEdges``, ``Workspace``, ...); a tensor reached
+    twice (``SparseMatrix.at is .a`` for a symmetric graph) is mapped once and stays shared.
+    """
+    memo: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+
+    def walk(value):
+        if isinstance(value, torch.Tensor):
+            if id(value) not in memo:
+                memo[id(value)] = fn(value)
+            return memo[id(value)]
+        if isinstance(value, nn.Module):
+            return value  # a submodule: model.modules() visits it
+        if isinstance(value, (list, tuple)):
+            items = [walk(v) for v in value]
+            if all(a is b for a, b in zip(items, value)):
+                return value
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        if isinstance(value, dict):
+            for k, v in list(value.items()):
+                new = walk(v)
+                if new is not v:
+                    value[k] = new
+            return value
+        if type(value).__module__.startswith("prismrec.") and hasattr(value, "__dict__") \
+                and not dataclasses.is_dataclass(value) and id(value) not in seen:
+            seen.add(id(value))
+            for k, v in list(vars(value).items()):
+                new = walk(v)
+                if new is not v:
+                    setattr(value, k, new)
+        return value
+
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if name in _MODULE_INTERNALS:
+                continue
+            new = walk(value)
+            if new is not value:
+                object.__setattr__(module, name, new)
 
 
 def adam(params, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Adam:

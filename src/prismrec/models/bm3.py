@@ -55,6 +55,7 @@ class BM3(Model):
 
     description = "BM3: self-supervised bootstrap of graph and modality views, no negative sampling"
     Config = BM3Config
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

@@ -30,6 +30,7 @@ class BPR(Model):
 
     description = "Matrix factorisation with the BPR pairwise loss (ID only)"
     Config = BPRConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
 
     def setup(self, dataset):
         d = self.config.embedding_dim

@@ -82,6 +82,7 @@ class DAMRS(JointTable, Model):
     name = "damrs"
     description = "DA-MRS: denoised modality/behaviour item graphs, denoised BPR and alignment over LightGCN"
     Config = DAMRSConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     features_in_training = False  # the features build the item graphs in setup, nothing more
     min_modalities = 1

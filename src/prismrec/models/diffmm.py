@@ -110,6 +110,7 @@ class DiffMM(JointTable, Model):
 
     description = "DiffMM: diffusion-generated user-item graph per modality + cross-modal InfoNCE"
     Config = DiffMMConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     train_defaults = {"batch_size": 1024}   # the code's --batch
 
@@ -153,16 +154,16 @@ class DiffMM(JointTable, Model):
 
     def diffusion_loss(self, users: torch.Tensor) -> torch.Tensor:
         """Sum over modalities of the SNR-weighted reconstruction + graph-alignment loss of ``users``."""
-        x0 = torch.from_numpy(self.train_csr[users.numpy()].toarray())              # [B, I]
+        x0 = torch.from_numpy(self.train_csr[users.cpu().numpy()].toarray()).to(self.item_emb.device)  # [B, I]
         with torch.no_grad():
             target = x0 @ self.item_emb                                             # [B, d]
         total = 0.0
         for m, den in self.denoisers.items():
             with torch.no_grad():
                 feats = self.modality_features(m)                                   # [I, d]
-            t = torch.randint(0, self.config.steps, (len(users),))
+            t = torch.randint(0, self.config.steps, (len(users),)).to(x0.device)  # drawn on the CPU on any device
             ab = self.alpha_bar[t][:, None]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.low):
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=self.low):
                 pred = den(ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn_like(x0), t)
                 pred_emb = pred @ feats                                             # [B, d]
             mse = (x0 - pred.float()).pow(2).mean(dim=1)
@@ -174,7 +175,7 @@ class DiffMM(JointTable, Model):
         """``x_0 [B, I]`` of the deterministic reverse chain from the users' own interaction rows
         (:meth:`~prismrec.models.layers.InteractionDenoiser.reverse_chain`)."""
         schedule = {"coef_x0": self.coef_x0, "coef_xt": self.coef_xt}
-        return self.denoisers[m].reverse_chain(self.train_csr[users.numpy()], schedule, self.low, chain)
+        return self.denoisers[m].reverse_chain(self.train_csr[users.cpu().numpy()], schedule, self.low, chain)
 
     def on_epoch_start(self, epoch):
         c = self.config
@@ -197,7 +198,7 @@ class DiffMM(JointTable, Model):
 
     def generated_graph(self, m: str) -> SparseMatrix:
         """``G_m``: the generated user-item edges + self-loops, normalised, then edge dropout."""
-        gen = getattr(self, f"gen_{m}").numpy()
+        gen = getattr(self, f"gen_{m}").cpu().numpy()
         users = np.repeat(np.arange(self.n_users), gen.shape[1])
         keep = gen.ravel() >= 0
         r = binary_csr(sp.coo_matrix((np.ones(int(keep.sum()), np.float32), (users[keep], gen.ravel()[keep])),
@@ -210,7 +211,7 @@ class DiffMM(JointTable, Model):
             kept = (torch.rand(a.nnz, generator=g) < self.config.keep_rate).numpy()
             coo = a.tocoo()
             a = sp.csr_matrix((coo.data[kept] / self.config.keep_rate, (coo.row[kept], coo.col[kept])), shape=a.shape)
-        return SparseMatrix(a, symmetric=False)
+        return SparseMatrix(a, symmetric=False).to(self.device)
 
     def graphs(self) -> dict[str, SparseMatrix]:
         key = (int(self.gen_seed), tuple(getattr(self, f"gen_{m}")._version for m in self.modalities))

@@ -69,6 +69,7 @@ class DRAGON(PreferenceGCN, Model):
 
     description = "DRAGON: user-user co-occurrence + modality item-item graphs beside the user-item graph"
     Config = DRAGONConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

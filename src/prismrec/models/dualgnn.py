@@ -112,6 +112,7 @@ class DualGNN(PreferenceGCN, Model):
 
     description = "DualGNN: per-modality GCNs fused by per-user weights, plus a user co-occurrence graph"
     Config = DualGNNConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

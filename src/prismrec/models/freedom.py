@@ -88,6 +88,7 @@ class FREEDOM(EpochPrunedGraph, Model):
 
     description = "FREEDOM: frozen kNN item graph + degree-pruned user-item LightGCN"
     Config = FREEDOMConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

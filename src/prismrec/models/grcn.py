@@ -73,6 +73,7 @@ class GRCN(Model):
 
     description = "GRCN: modality prototypes prune the user-item graph, ID GCN on the refined graph"
     Config = GRCNConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):
@@ -102,8 +103,8 @@ class GRCN(Model):
         for k, m in enumerate(self.modalities):
             p, f = self.prototypes(m)
             score = e.dot(p, f).exp()  # cosines (|s| <= 1): the softmaxes need no max shift
-            a_user = score / torch.zeros(n, dtype=score.dtype).index_add(0, e.users, score)[e.users]
-            a_item = score / torch.zeros(self.n_items, dtype=score.dtype).index_add(0, e.items, score)[e.items]
+            a_user = score / score.new_zeros(n).index_add(0, e.users, score)[e.users]
+            a_item = score / score.new_zeros(self.n_items).index_add(0, e.items, score)[e.items]
             contents.append(torch.cat([p + e.to_users(a_user, f), f + e.to_items(a_item, p)]))
             to_user.append(a_user * self.confidence[n + e.items, k])   # the item's confidence
             to_item.append(a_item * self.confidence[e.users, k])       # the user's confidence

@@ -48,7 +48,7 @@ def _edges(m: sp.csr_matrix) -> Edges:
 def _sym_normalize(edges: Edges, n: int) -> Edges:
     """``D^{-1/2} S D^{-1/2}`` with D the row sums of S (differentiable in the values)."""
     rows, cols, vals = edges
-    deg = torch.zeros(n, dtype=vals.dtype).index_add_(0, rows, vals)
+    deg = vals.new_zeros(n).index_add_(0, rows, vals)
     dinv = deg.pow(-0.5).masked_fill_(deg == 0, 0.0)
     return rows, cols, vals * dinv[rows] * dinv[cols]
 
@@ -87,6 +87,7 @@ class LATTICE(JointTable, Model):
 
     description = "LATTICE: LightGCN + item-item propagation over learned modality kNN graphs"
     Config = LATTICEConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     train_defaults: ClassVar[dict] = {"learning_rate": 5e-4}
     knn_block_size = 1024  # rows per block of the learned top-k search
@@ -114,7 +115,7 @@ class LATTICE(JointTable, Model):
         h = self.proj[m](self.features(m))                                         # [I, d']
         k = min(self.config.knn_k, self.n_items)
         cols = knn_topk(h, k, self.knn_block_size)[1].view(-1)                     # [I * k]
-        rows = torch.arange(self.n_items).repeat_interleave(k)
+        rows = torch.arange(self.n_items, device=h.device).repeat_interleave(k)
         hn = F.normalize(h, dim=1)
         return rows, cols, (hn[rows] * hn[cols]).sum(dim=1)
 
@@ -129,8 +130,9 @@ class LATTICE(JointTable, Model):
                 torch.cat([(1 - lam) * learned[2]] + [lam * alpha[k] * v for k, (_, _, v) in enumerate(raw)]))
 
     def _fix(self, edges: Edges) -> SparseMatrix:
-        rows, cols, vals = (t.detach().numpy() for t in edges)
-        return SparseMatrix(sp.csr_matrix((vals, (rows, cols)), shape=(self.n_items, self.n_items)), symmetric=False)
+        rows, cols, vals = (t.detach().cpu().numpy() for t in edges)
+        return SparseMatrix(sp.csr_matrix((vals, (rows, cols)), shape=(self.n_items, self.n_items)),
+                            symmetric=False).to(self.device)
 
     def item_side(self) -> torch.Tensor:
         """``S^L E_i^{id}`` ``[I, d]``. Training: the graph is built in an epoch's first batch (with

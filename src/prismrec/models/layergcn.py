@@ -59,6 +59,7 @@ class LayerGCN(EpochPrunedGraph, JointTable, Model):
 
     description = "LayerGCN: layer-refined graph convolution with degree-sensitive edge pruning (ID only)"
     Config = LayerGCNConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
 
     def setup(self, dataset):
         self.init_joint_table(self.config.embedding_dim)

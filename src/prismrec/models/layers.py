@@ -1,9 +1,11 @@
 """Losses and layers shared by models (written once, never copied into a model file)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-import math
 import logging
+import math
 import typing
 from typing import Literal, NamedTuple
 
@@ -54,12 +56,29 @@ def precision_summary() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}, auto precision {'bf16' if native_bf16() else 'fp32'}"
 
 
-def resolve_precision(name: str, device: str = "cpu") -> torch.dtype:
-    """``"float32"``/``"bfloat16"``, or ``"auto"``: bfloat16 where the hardware multiplies it natively.
+# the device a model is being built for (TrainConfig.device): what "auto" precisions resolve against
+_BUILD_DEVICE: contextvars.ContextVar[str] = contextvars.ContextVar("prismrec_build_device", default="cpu")
+
+
+@contextlib.contextmanager
+def building_for(device: str):
+    """Within this block, ``resolve_precision`` (as models call it in ``setup``) decides for ``device``:
+    a model built to train on a GPU gets bf16 for ``"auto"`` whatever the host CPU has."""
+    token = _BUILD_DEVICE.set(str(device))
+    try:
+        yield
+    finally:
+        _BUILD_DEVICE.reset(token)
+
+
+def resolve_precision(name: str, device: str | None = None) -> torch.dtype:
+    """``"float32"``/``"bfloat16"``, or ``"auto"``: bfloat16 where the hardware multiplies it natively
+    (``device``; default: the one the model is being built for, see :func:`building_for`).
 
     An explicit ``"bfloat16"`` on a CPU without native bf16 is honoured (same arithmetic on every
     machine) with a one-time warning: there the products are emulated, several times slower than
     float32 (9x for a [4096, 128] x [128, 19445] product on an AVX2-only CPU)."""
+    device = _BUILD_DEVICE.get() if device is None else device
     if name == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
     if name == "bfloat16" and not native_bf16(device):
@@ -229,8 +248,8 @@ def adam_rows_(group: dict, state: dict, param: torch.Tensor, grad_rows, after_r
 
 def _buffer(buffers: dict, key: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     buf = buffers.get(key)
-    if buf is None or buf.shape != like.shape or buf.dtype != dtype:
-        buf = buffers[key] = torch.empty(like.shape, dtype=dtype)
+    if buf is None or buf.shape != like.shape or buf.dtype != dtype or buf.device != like.device:
+        buf = buffers[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
     return buf
 
 
@@ -430,16 +449,16 @@ class InteractionDenoiser(torch.nn.Module):
         the caller runs many batches."""
         from prismrec.graphs import SparseMatrix
         w_xt, m_hh, w_b = chain if chain is not None else self.chain_weights()
-        z = SparseMatrix(rows, symmetric=False) @ w_xt                              # W_x x_u [B, H]
+        z = SparseMatrix(rows, symmetric=False).to(w_xt.device) @ w_xt              # W_x x_u [B, H]
         s, alpha, beta = torch.zeros_like(z), 1.0, 0.0
         for i in reversed(range(len(schedule["coef_x0"]))):
-            h = torch.tanh(z + self.step_bias(torch.tensor([i])))
+            h = torch.tanh(z + self.step_bias(torch.tensor([i], device=z.device)))
             c0, ct = schedule["coef_x0"][i], schedule["coef_xt"][i]
             z = c0 * (h @ m_hh.T + w_b) + ct * z
             s, alpha, beta = c0 * h + ct * s, ct * alpha, c0 + ct * beta
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=low):
             x = torch.addmm(beta * self.out.bias, s, self.out.weight.T).float()     # [B, I]
-        return x + alpha * torch.from_numpy(rows.toarray()) if float(alpha) != 0 else x
+        return x + alpha * torch.from_numpy(rows.toarray()).to(x.device) if float(alpha) != 0 else x
 
 
 class _FrozenProjection(torch.autograd.Function):
@@ -496,7 +515,8 @@ def info_nce_all(a: torch.Tensor, b: torch.Tensor, index: torch.Tensor, temperat
     an = F.normalize(a[rows], dim=1) / temperature
     bn = F.normalize(b, dim=1)
     precision = precision or a.dtype
-    out = workspace.get(key, (len(rows), len(b)), a.dtype) if workspace is not None and precision == a.dtype else None
+    out = (workspace.get(key, (len(rows), len(b)), a.dtype, a.device)
+           if workspace is not None and precision == a.dtype else None)
     return _InfoNCEAll.apply(an, bn, rows, counts.to(a.dtype), precision, out)
 
 
@@ -512,11 +532,13 @@ class Workspace:
     def __init__(self):
         self._buffers: dict = {}
 
-    def get(self, key, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    def get(self, key, shape: tuple[int, int], dtype: torch.dtype,
+            device: torch.device | str = "cpu") -> torch.Tensor:
         rows, cols = shape
         buf = self._buffers.get(key)
-        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != dtype:
-            buf = self._buffers[key] = torch.empty(rows, cols, dtype=dtype)
+        if (buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != dtype
+                or buf.device != torch.device(device)):
+            buf = self._buffers[key] = torch.empty(rows, cols, dtype=dtype, device=device)
         return buf[:rows]
 
 

@@ -108,6 +108,7 @@ class LD4MRec(Model):
 
     description = "LD4MRec: one-step conditional diffusion on interaction vectors (C-Net, soft targets)"
     Config = LD4MRecConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     sampler = "users"
     uses_features = True
     min_modalities = 0  # without features it is a collaborative-signal-only diffusion model

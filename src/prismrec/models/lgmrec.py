@@ -84,6 +84,7 @@ class LGMRec(JointTable, Model):
 
     description = "LGMRec: local user-item graph embeddings + global hypergraph embeddings"
     Config = LGMRecConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

@@ -37,6 +37,7 @@ class LightGCN(JointTable, Model):
 
     description = "LightGCN: linear graph convolution over the user-item graph (ID only)"
     Config = LightGCNConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
 
     def setup(self, dataset):
         d = self.config.embedding_dim

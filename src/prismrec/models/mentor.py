@@ -113,6 +113,7 @@ class MENTOR(Model):
     name = "mentor"
     description = "MENTOR: modality GCNs + item graph, ID-guided multi-level alignment, graph-perturbation contrast"
     Config = MENTORConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     min_modalities = 1
     train_defaults: ClassVar[dict] = {"learning_rate": 1e-4}   # MENTOR.yaml's learning_rate
@@ -195,7 +196,7 @@ class MENTOR(Model):
 
     def all_pairs_nce(self, a: torch.Tensor, b: torch.Tensor, side: str) -> torch.Tensor:
         """Mean InfoNCE of every row of ``a`` against all rows of ``b``, in blocks of anchors."""
-        idx = torch.arange(len(a))
+        idx = torch.arange(len(a), device=a.device)
         return sum(info_nce_all(a, b, idx[s:s + self.nce_rows], self.config.temperature, self.cl_dtype,
                                 self._nce_work, (side, s))
                    for s in range(0, len(a), self.nce_rows)) / len(a)

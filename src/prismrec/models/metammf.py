@@ -174,6 +174,7 @@ class MetaMMF(Model):
 
     description = "MetaMMF: meta-learned item-specific fusion network, GraphSAGE backbone"
     Config = MetaMMFConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     train_defaults = {"batch_size": 3000, "weight_decay": 1e-6}
 

@@ -26,4 +26,5 @@ class MetaMMFCP(MetaMMF):
 
     description = "MetaMMF light: CP-decomposed meta tensors (rank 16), GraphSAGE backbone"
     Config = MetaMMFCPConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, tunable
-from prismrec.graphs import SparseMatrix, modality_graph, propagate, user_item_views
+from prismrec.graphs import SparseMatrix, csr_rows, modality_graph, propagate, user_item_views
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     Precision,
@@ -81,6 +81,7 @@ class MGCN(TrainableTables, JointTable, Model):
 
     description = "MGCN: purified modality item-item views + behaviour-aware fuser + InfoNCE"
     Config = MGCNConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):
@@ -117,7 +118,7 @@ class MGCN(TrainableTables, JointTable, Model):
 
     def user_item_rows(self, users: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(R̂ @ x)[users]`` from those users' rows only (a batch touches ~10% of the users)."""
-        return SparseMatrix(self._user_item_csr[users.numpy()], symmetric=False) @ x
+        return csr_rows(self._user_item_csr, users) @ x
 
     def fuse(self, e_id: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Behaviour-aware fuser, row by row: ``e_id [R, d]``, ``views [R, M·d]`` -> ``E_mul [R, d]``."""

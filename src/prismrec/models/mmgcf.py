@@ -76,6 +76,7 @@ class MMGCF(EpochPrunedGraph, JointTable, Model):
 
     description = "MMGCF: LightGCN ID embeddings late-fused with projected modality features"
     Config = MMGCFConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

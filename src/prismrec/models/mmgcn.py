@@ -160,6 +160,7 @@ class MMGCN(Model):
 
     description = "MMGCN: one GCN per modality on the user-item graph, ID embedding at every layer"
     Config = MMGCNConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

@@ -139,6 +139,7 @@ class MVGAE(Model):
 
     description = "MVGAE: Gaussian graph encoder per modality + collaborative view, product-of-experts fusion"
     Config = MVGAEConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     train_defaults = {"learning_rate": 1e-4}   # MVGAE.yaml's learning_rate grid, first value
 

@@ -101,6 +101,7 @@ class PGL(TrainableTables, Model):
 
     description = "PGL: principal (locally sampled / low-rank) user-item subgraph in training + kNN item graph"
     Config = PGLConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):
@@ -128,12 +129,12 @@ class PGL(TrainableTables, Model):
         if cfg.mode == "global":
             if self.train_adj is None:
                 self.train_adj = SparseMatrix(svd_principal_graph(self._full, cfg.svd_rank, cfg.svd_share,
-                                                                  cfg.svd_threshold), symmetric=False)
+                                                                  cfg.svd_threshold), symmetric=False).to(self.device)
             return
         if cfg.keep_ratio >= 1.0:
             self.train_adj = self.full_adj
             return
-        self.train_adj = prune_from_torch_rng(self.train_matrix, cfg.keep_ratio)
+        self.train_adj = prune_from_torch_rng(self.train_matrix, cfg.keep_ratio).to(self.device)
 
     def _graph(self) -> SparseMatrix:
         if not self.training:

@@ -67,7 +67,7 @@ class _EdgeDropout:
             return torch.sparse_csr_tensor(crow, self.cols[keep], values[keep] * scale, self.shape)
 
     def draw(self, rate: float) -> _DroppedGraph:
-        keep = torch.rand(self.nnz) >= rate                                    # [nnz] in Â's CSR order
+        keep = (torch.rand(self.nnz) >= rate).to(self.indptr.device)          # [nnz] in Â's CSR order (CPU draw)
         scale = 1.0 / (1.0 - rate)
         return _DroppedGraph(self._csr(keep, self.values, scale),
                              self._csr(keep[self.mirror], self.values_t, scale))
@@ -114,6 +114,7 @@ class SelfCFED(JointTable, Model):
 
     description = "SelfCF_ed: self-supervised LightGCN without negatives (predictor vs a dropout target view, ID only)"
     Config = SelfCFEDConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
 
     def setup(self, dataset):
         d = self.config.embedding_dim

@@ -113,6 +113,7 @@ class SLMRec(Model):
 
     description = "SLMRec: ID and modality LightGCN views, fused; InfoNCE + self-supervised FAC/FD/FM contrast"
     Config = SLMRecConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
     # SLMRec.yaml: learning_rate grid {1e-4, 1e-3, 1e-2, 0.1} (first value), weight_decay 1e-4
     train_defaults: ClassVar[dict] = {"learning_rate": 1e-4, "weight_decay": 1e-4}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prismrec.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Rate, tunable
-from prismrec.graphs import SparseMatrix, modality_graph, propagate, union_max, user_item_views
+from prismrec.graphs import SparseMatrix, csr_rows, modality_graph, propagate, union_max, user_item_views
 from prismrec.models.base import JointTable, Model, ModelConfig, register
 from prismrec.models.layers import (
     Precision,
@@ -84,6 +84,7 @@ class SMORE(TrainableTables, JointTable, Model):
 
     description = "SMORE: FFT spectral denoising + fusion of modalities, item-item views, modality-aware preference"
     Config = SMOREConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):
@@ -140,7 +141,7 @@ class SMORE(TrainableTables, JointTable, Model):
         cfg, b, r = self.config, len(batch.users), batch_rows(batch, self.n_users)
         e_id = propagate(self.adj, self.embedding, cfg.num_ui_layers, rows=r.rows)     # [R, d]
         items = self.item_views()                                                      # [I, (M+1)·d]
-        user_rows = SparseMatrix(self._user_item_csr[r.users.numpy()], symmetric=False) @ items
+        user_rows = csr_rows(self._user_item_csr, r.users) @ items
         e_s = self.side(e_id, torch.cat([user_rows, items[r.items]]))                  # [R, d]
         e = e_id + e_s
         u, p, n = e[r.user_at], e[r.item_at[:b]], e[r.item_at[b:]]

@@ -42,6 +42,7 @@ class VBPR(Model):
 
     description = "VBPR: MF + linear projection of the concatenated item features"
     Config = VBPRConfig
+    runs_on_cuda = True  # trained on a GPU: benchmarks/results/gpu-smoke.json
     uses_features = True
 
     def setup(self, dataset):

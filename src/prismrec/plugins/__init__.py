@@ -54,7 +54,9 @@ def plugin_class(model_cls: type, mixin: type, cold_start: type | None, *, suffi
     bases = (mixin, cold_start) if cold_start is not None else (mixin,)
     return type(f"{model_cls.__name__}{suffix}", (*bases, model_cls), {
         "__doc__": f"{model_cls.__name__} {doc}", "__module__": mixin.__module__, "Config": config,
-        "description": f"{model_cls.description} + {description}", marker: model_cls})
+        "description": f"{model_cls.description} + {description}", marker: model_cls,
+        # on a GPU only where host and plug-in were both checked there
+        "runs_on_cuda": model_cls.runs_on_cuda and getattr(mixin, "runs_on_cuda", False)})
 
 
 def _load_all():

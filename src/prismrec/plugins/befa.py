@@ -100,6 +100,8 @@ FIELDS = [
 class BeFAMixin:
     """What the plug-in adds to its host (mixed in before the host class by :func:`wrap`)."""
 
+    runs_on_cuda = True  # on a GPU wherever its host is: benchmarks/results/gpu-smoke.json
+
     def setup(self, dataset):
         self._befa_ready = False
         super().setup(dataset)                      # host reads raw features, draws its usual init

@@ -100,6 +100,8 @@ FIELDS = [
 class ERLMixin:
     """What the plug-in adds to its host (mixed in before the host class by :func:`wrap`)."""
 
+    runs_on_cuda = True  # on a GPU wherever its host is: benchmarks/results/gpu-smoke.json
+
     def setup(self, dataset):
         self._erl_ready = False
         super().setup(dataset)                      # host sees raw features and draws its usual init
@@ -162,8 +164,8 @@ class ERLMixin:
                 idx = items
             else:
                 src = next(t for t in self._erl_keep if id(t) == key)
-                pos = torch.full((self.n_items,), -1, dtype=torch.long)
-                pos[src] = torch.arange(len(src))
+                pos = torch.full((self.n_items,), -1, dtype=torch.long, device=src.device)
+                pos[src] = torch.arange(len(src), device=src.device)
                 idx = pos[items]
                 if (idx < 0).any():
                     continue

@@ -16,8 +16,9 @@ Launch::
 
     torchrun --nproc_per_node 2 -m prismrec train --data /tmp/baby-like --model lightgcn --distributed
 
-Backend: gloo (training runs on the CPU, also on a host with GPUs: ``TrainConfig.device`` is
-``cpu``), so ranks never claim a GPU and any number of them share a machine.
+Backend: gloo: data-parallel ranks train on the CPU (``TrainConfig.device="cuda"`` is refused under
+torchrun, see ``trainer.training_device``), so ranks never claim a GPU and any number of them share a
+machine. One GPU without torchrun is ``--device cuda``.
 """
 from __future__ import annotations
 

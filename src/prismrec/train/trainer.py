@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from prismrec.config import TrainConfig
 from prismrec.data.dataset import Dataset
 from prismrec.data.sampler import SAMPLERS
-from prismrec.errors import PrismrecError
+from prismrec.errors import PrismrecError, UnsupportedError
 from prismrec.evaluation import evaluate_splits
 from prismrec.models.base import Model
 from prismrec.train.checkpoint import (apply_hparams, checkpoint_errors, configured_hparams, flatten_optimizer,
@@ -127,11 +127,16 @@ class Trainer:
         self.max_seconds = max_seconds
         self._t_start = 0.0
         self._stop_signal: int | None = None  # the signal of a requested stop (checked between batches)
+        self.device = torch.device("cpu")      # where fit() trains (TrainConfig.device, checked there)
 
     # ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
         cfg, model = self.config, self.model
         res = FitResult()
+        # a model with nothing to train (most-popular, ItemKNN-CBF) is evaluated where it was built
+        self.device = training_device(cfg.device, model, self.dist) if model.trainable else torch.device("cpu")
+        if self.device.type != "cpu":
+            model.to_device(self.device)
         self._t_start = time.perf_counter()
         warn_uninformative_cutoff(self.dataset, cfg.valid_metric)
         if not model.trainable:
@@ -230,11 +235,14 @@ class Trainer:
                        disable=not show or len(sampler) < 100)
             # a running epoch may be dropped for the budget only once there is a best epoch to keep
             can_drop = self.max_seconds is not None and res.best_epoch >= 0 and self.dist is None
+            on_gpu = self.device.type != "cpu"
             for batch in bar:
                 if self._stop_signal is not None:
                     raise KeyboardInterrupt
                 if can_drop and self._out_of_time():
                     raise _OutOfTime
+                if on_gpu:
+                    batch = type(batch)(*(None if t is None else t.to(self.device, non_blocking=True) for t in batch))
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(batch)
                 loss.backward()
@@ -346,6 +354,8 @@ class Trainer:
         opt_tensors, opt_rest = flatten_optimizer(opt.state_dict())
         tensors = {**prefixed("model", self.model.state_dict()), **opt_tensors,
                    "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":  # dropout, perturbation noise on the GPU draw from its own generator
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.best_state is not None:
             tensors.update(prefixed("best", self.best_state))
         state = {"epoch": epoch, "bad": bad, "best_value": best_value, "optimizer": opt_rest,
@@ -371,6 +381,8 @@ class Trainer:
         sched.load_state_dict(state["scheduler"])
         apply_hparams(opt, sched, configured)  # the run uses the settings it records (issue 22)
         torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         self.rng.bit_generator.state = state["numpy_rng"]
         ranks = state.get("numpy_rng_ranks")
         if self.dist and ranks:
@@ -391,6 +403,35 @@ class Trainer:
                 f.writelines(json.dumps(r) + "\n" for r in res.history)
         log.info("resumed from %s after epoch %d", path, state["epoch"])
         return state["epoch"] + 1, state["bad"], state["best_value"]
+
+
+def training_device(name: str, model: Model, dist=None) -> torch.device:
+    """``TrainConfig.device`` as a torch device, checked before any work: a GPU needs a model that
+    was checked there (``Model.runs_on_cuda``), one process (data-parallel runs use gloo on the CPU)
+    and a torch that sees a CUDA device of that index.
+
+    Raises:
+        UnsupportedError: the model or a data-parallel run on a GPU.
+        PrismrecError: no such CUDA device here.
+    """
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    if dist is not None:
+        raise UnsupportedError(f"device={name!r}: data-parallel training (torchrun) runs on the CPU (gloo "
+                               "backend); train on one GPU without torchrun, or with device=cpu")
+    if not type(model).runs_on_cuda:
+        from prismrec.models.base import registered_models
+        ready = ", ".join(n for n, c in registered_models().items() if c.runs_on_cuda) or "none"
+        raise UnsupportedError(f"model '{model.name}' has not been checked on a GPU yet: train it with "
+                               f"device=cpu (models that train with device=cuda: {ready})")
+    if not torch.cuda.is_available():
+        raise PrismrecError(f"device={name!r}, but this torch ({torch.__version__}) sees no CUDA GPU (a CPU "
+                            "build of torch, or no driver): install a CUDA build of torch, or train with device=cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise PrismrecError(f"device={name!r}, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                            f"(indices 0-{torch.cuda.device_count() - 1})")
+    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
 
 
 def _minutes(seconds: float | None) -> str:
