@@ -3,6 +3,7 @@
 
     python benchmarks/gpu_check.py train --data /tmp/baby-like --model mentor --out DIR --max-minutes 6
     python benchmarks/gpu_check.py speed --data /tmp/baby-like --models smore,pgl --epochs 2 --out DIR
+    python benchmarks/gpu_check.py resume --data /tmp/baby-like --model freedom --epochs 6 --out DIR
     python benchmarks/gpu_check.py smoke --out DIR --max-seconds 90
 
 ``train`` trains one model on the GPU to early stopping (or the time budget), appending each
@@ -11,6 +12,9 @@ writing ``DIR/<name>.json`` in ``run.py``'s format at the end.
 
 ``speed`` trains each model a few epochs on the GPU and writes ``DIR/gpu-speed-<dataset>.json``
 (seconds per epoch and per evaluation, setup seconds, peak GPU memory).
+
+``resume`` stops a GPU run halfway, resumes it from its checkpoint and compares it with the same run
+uninterrupted (``DIR/gpu-resume.json``).
 
 ``smoke`` trains every registered model for two epochs on a small synthetic set, once on the CPU
 and once on the GPU from the same seed, saves the GPU-trained model as a bundle and loads it back
@@ -129,6 +133,33 @@ def speed(args) -> None:
         write_json(out / f"gpu-speed-{ds.name}.json", {**header(), "epochs": args.epochs, "runs": runs})
 
 
+def resume(args) -> None:
+    """A GPU run stopped halfway and resumed from its checkpoint against the same run uninterrupted:
+    the checkpoint carries the GPU's random state, so the two should agree up to the GPU's
+    non-deterministic sums (atomic adds); writes ``DIR/gpu-resume.json``."""
+    ds = load_dataset(args.data)
+    cfg = {"device": "cuda", "epochs": args.epochs, "patience": 50, "seed": 999, **parse_overrides(args.set)}
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Recommender(args.model, **cfg).fit(ds, run_dir=Path(tmp) / "full", show_progress=False)
+        half = {**cfg, "epochs": args.epochs // 2}
+        Recommender(args.model, **half).fit(ds, run_dir=Path(tmp) / "cut", show_progress=False)
+        resumed = Recommender(args.model, **cfg).fit(ds, run_dir=Path(tmp) / "cut", show_progress=False, resume=True,
+                                                     allow_config_change=("epochs",))
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    result = {**header(), "model": args.model, "epochs": args.epochs,
+              "full": {"test": full.metrics["test"], "best_epoch": full.metrics["best_epoch"],
+                       "losses": [h["loss"] for h in full.result.history]},
+              "resumed": {"test": resumed.metrics["test"], "best_epoch": resumed.metrics["best_epoch"],
+                          "losses": [h["loss"] for h in resumed.result.history]},
+              "max_abs_weight_difference": diff, "same_metrics": full.metrics["test"] == resumed.metrics["test"]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "gpu-resume.json", result)
+    print(json.dumps({k: result[k] for k in ("max_abs_weight_difference", "same_metrics")}),
+          full.metrics["test"]["recall@20"], resumed.metrics["test"]["recall@20"])
+
+
 def smoke(args) -> None:
     ds = make_synthetic(600, 200, 12, modalities={"image": 48, "text": 24}, seed=5, name="smoke")
     t_end = time.perf_counter() + args.max_seconds
@@ -195,13 +226,19 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[],
                    help="config override key=value (every model) or model:key=value (that model only)")
     p.add_argument("--out", required=True)
+    r = sub.add_parser("resume", help="a GPU run stopped halfway and resumed, against the same run uninterrupted")
+    r.add_argument("--data", required=True)
+    r.add_argument("--model", required=True)
+    r.add_argument("--epochs", type=int, default=4)
+    r.add_argument("--set", action="append", default=[], help="config override key=value")
+    r.add_argument("--out", required=True)
     s = sub.add_parser("smoke", help="every model: two epochs on the CPU and on the GPU")
     s.add_argument("--out", required=True)
     s.add_argument("--models", default="", help="comma-separated names (default: all)")
     s.add_argument("--max-seconds", type=float, default=120.0)
     args = ap.parse_args(argv)
     print(gpu_name(), "|", machine(), flush=True)
-    {"train": train, "speed": speed, "smoke": smoke}[args.cmd](args)
+    {"train": train, "speed": speed, "resume": resume, "smoke": smoke}[args.cmd](args)
 
 
 if __name__ == "__main__":
