@@ -36,6 +36,15 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} cpu ({cpu_model()}, {precision_summary()}), torch {torch.__version__}"
 
 
+def overrides_for(model: str, sets: list[str]) -> dict:
+    """``--set`` values for one model of a multi-model run: ``key=value`` applies to every model,
+    ``model:key=value`` to that model only (parsed as ``prismrec.config.parse_overrides`` does)."""
+    from prismrec.config import parse_overrides
+    common = [v for v in sets if ":" not in v.split("=", 1)[0]]
+    mine = [v.split(":", 1)[1] for v in sets if v.split("=", 1)[0].startswith(model + ":")]
+    return parse_overrides(common + mine)
+
+
 def merge_result(path: Path, result: dict, command: str | None = None) -> dict:
     """Update the JSON object at ``path`` with ``result`` (other keys kept) and write it atomically.
 

@@ -35,10 +35,9 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine  # noqa: E402  (puts src/ on the path)
+from _results import machine, overrides_for  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
 from prismrec.bundle import write_json  # noqa: E402
-from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.data.dataset import Dataset  # noqa: E402
 from prismrec.evaluation.metrics import metrics_from_hits  # noqa: E402
 
@@ -132,9 +131,7 @@ def main(argv=None):
     }
     print("content-centroid", json.dumps(result["content-centroid"]), flush=True)
     for model in args.models.split(","):
-        mine = [v.split(":", 1)[1] for v in args.set if v.split("=", 1)[0].startswith(model + ":")]
-        common = [v for v in args.set if ":" not in v.split("=", 1)[0]]
-        rec = Recommender(model, checkpoint=False, **parse_overrides(common + mine))
+        rec = Recommender(model, checkpoint=False, **overrides_for(model, args.set))
         load0, t0 = os.getloadavg()[0], time.perf_counter()
         rec.fit(warm_ds, show_progress=False, max_minutes=args.max_minutes)
         scores = user_vectors(rec)[users] @ rec.embed_items(cold_feats).T

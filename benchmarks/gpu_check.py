@@ -39,12 +39,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine  # noqa: E402  (puts src/ on the path)
+from _results import machine, overrides_for  # noqa: E402  (puts src/ on the path)
 from prismrec import Recommender, load_dataset  # noqa: E402
 from prismrec.bundle import write_json  # noqa: E402
 from prismrec.config import parse_overrides  # noqa: E402
 from prismrec.data.synthetic import make_synthetic  # noqa: E402
 from prismrec.models.base import registered_models  # noqa: E402
+from run import best_test_epoch  # noqa: E402  (DiffMM's protocol, as run.py reports it)
 
 
 def plugin_mixin(name: str) -> type:
@@ -74,9 +75,7 @@ def fit_on_gpu(ds, model: str, values: dict, max_minutes=None, callback=None) ->
     t0 = time.perf_counter()
     rec.fit(ds, show_progress=False, callback=callback, max_minutes=max_minutes)
     wall = time.perf_counter() - t0
-    m, hist = rec.metrics, rec.result.history
-    rows = [h for h in hist if h.get("test")]
-    best_test = max(rows, key=lambda h: h["test"]["recall@20"]) if rows else None
+    m = rec.metrics
     return {
         "model": model, "dataset": ds.name, "device": m.get("device"), "config": dict(rec.config.items()),
         "epochs": m["epochs"], "best_epoch": m["best_epoch"], "stopped_early": m["stopped_early"],
@@ -85,8 +84,7 @@ def fit_on_gpu(ds, model: str, values: dict, max_minutes=None, callback=None) ->
         "wall_seconds": round(wall, 1), "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
         "valid": {k: round(v, 5) for k, v in m["valid"].items()},
         "test": {k: round(v, 5) for k, v in m["test"].items()},
-        "best_test_epoch": ({"epoch": best_test["epoch"], **{k: round(v, 5) for k, v in best_test["test"].items()}}
-                            if best_test else None),
+        "best_test_epoch": best_test_epoch(rec.result.history),
         "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -122,9 +120,7 @@ def speed(args) -> None:
     runs = {}
     for model in args.models.split(","):
         try:
-            mine = [v.split(":", 1)[1] for v in args.set if v.split("=", 1)[0].startswith(model + ":")]
-            common = [v for v in args.set if ":" not in v.split("=", 1)[0]]
-            runs[model] = fit_on_gpu(ds, model, {"epochs": args.epochs, **parse_overrides(common + mine)})
+            runs[model] = fit_on_gpu(ds, model, {"epochs": args.epochs, **overrides_for(model, args.set)})
             print(model, json.dumps({k: runs[model][k] for k in ("sec_per_epoch", "eval_seconds", "setup_seconds")}),
                   json.dumps(runs[model]["test"].get("recall@20")), flush=True)
         except Exception as e:  # noqa: BLE001  (report and go on with the next model)
